@@ -152,3 +152,41 @@ print("ok", len(mods), "modules")
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.startswith("ok")
+
+def _fake_hub(monkeypatch, remote, cache, calls):
+    "Serve `remote` (a local folder laid out like a Hub repo) through list_repo_files/snapshot_download."
+    import fnmatch, shutil, huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    def list_repo_files(repo_id, revision=None, **kw):
+        return sorted(str(p.relative_to(remote)) for p in remote.rglob("*") if p.is_file())
+    def snapshot_download(repo_id, revision=None, allow_patterns=None, local_files_only=False, **kw):
+        snap = cache / repo_id.replace("/", "--")
+        if local_files_only:
+            if not snap.exists(): raise LocalEntryNotFoundError("not cached")
+            return str(snap)
+        calls.append(list(allow_patterns))
+        for name in list_repo_files(repo_id):
+            if allow_patterns is None or any(fnmatch.fnmatch(name, p) for p in allow_patterns):
+                (snap / name).parent.mkdir(parents=True, exist_ok=True); shutil.copy(remote / name, snap / name)
+        return str(snap)
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", list_repo_files)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+
+@pytest.mark.parametrize("variant, shard", [(None, None), ("fp16", None), ("fp16", "200KB"), (None, "200KB")])
+def test_download_only_what_the_component_needs(tmp_path, monkeypatch, ref, variant, shard):
+    remote, cache, calls = tmp_path / "remote", tmp_path / "cache", []
+    kw = {"max_shard_size": shard} if shard else {}
+    save_reference(ref, remote / "unet", **kw); save_reference(copy.deepcopy(ref).half(), remote / "unet", variant="fp16", **kw)
+    save_reference(ref, remote / "other")                                    # another component: must not be fetched
+    _fake_hub(monkeypatch, remote, cache, calls)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    d = resolve_model_dir("acme/tiny", subfolder="unet", variant=variant)
+    got = sorted(p.name for p in d.iterdir())
+    assert not (cache / "acme--tiny" / "other").exists(), "fetched a component that was not asked for"
+    weights = [n for n in got if n.endswith(".safetensors")]
+    assert weights and all(("fp16" in n) == (variant == "fp16") for n in weights), got
+    sd = load_state_dict(d, variant=variant)
+    want = copy.deepcopy(ref).half().state_dict() if variant else ref.state_dict()
+    assert all(torch.equal(sd[k], want[k]) for k in want)
+    n_calls = len(calls); resolve_model_dir("acme/tiny", subfolder="unet", variant=variant)
+    assert len(calls) == n_calls, "a cached component was downloaded again"
