@@ -19,7 +19,9 @@ SD21_VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, lat
 
 
 def timed(fn):
-    t = time.perf_counter(); out = fn(); return time.perf_counter() - t, out
+    "Wall time, process CPU time (all threads) and result of `fn()`."
+    t, c = time.perf_counter(), time.process_time(); out = fn()
+    return time.perf_counter() - t, time.process_time() - c, out
 
 
 def main():
@@ -65,20 +67,26 @@ def main():
         runs = {"ours": run_ours, "diffusers": run_ref}
         if args.unfused: runs["ours (unfused upsample)"] = run_unfused
         if args.nchw: runs["ours (NCHW)"] = run_nchw
-        times = {k: [] for k in runs}
+        times = {k: [] for k in runs}; cpu = {k: [] for k in runs}
         outs = {}
         for r in range(args.repeats + 1):                         # first round is warm-up, not counted
             for name, fn in runs.items():
-                t, outs[name] = timed(fn)
-                if r: times[name].append(t)
-                print(f"  round {r}{' (warm-up)' if r == 0 else ''}: {name:<24} {t:6.2f} s", flush=True)
+                t, c, outs[name] = timed(fn)
+                if r: times[name].append(t); cpu[name].append(c)
+                print(f"  round {r}{' (warm-up)' if r == 0 else ''}: {name:<24} {t:6.2f} s wall, {c:6.2f} s CPU", flush=True)
         err = (outs["ours"] - outs["diffusers"]).abs().max().item()
         print(f"max|ours - diffusers| = {err:.3g} (output range ±{outs['diffusers'].abs().max().item():.3g})")
         med = {k: statistics.median(v) for k, v in times.items()}
-        for k, v in med.items(): print(f"median {k:<24} {v:6.2f} s  (runs: {', '.join(f'{t:.2f}' for t in times[k])})")
-        print(f"ratio ours / diffusers = {med['ours'] / med['diffusers']:.3f}")
+        for k, v in med.items():
+            print(f"median {k:<24} {v:6.2f} s wall (runs: {', '.join(f'{t:.2f}' for t in times[k])}); "
+                  f"CPU median {statistics.median(cpu[k]):.2f} s, min {min(cpu[k]):.2f} s")
+        print(f"ratio ours / diffusers = {med['ours'] / med['diffusers']:.3f} (median wall); "
+              f"{min(times['ours']) / min(times['diffusers']):.3f} (min wall); "
+              f"{statistics.median(cpu['ours']) / statistics.median(cpu['diffusers']):.3f} (median CPU time)")
         for k in med:
-            if k.startswith("ours ("): print(f"ratio {k} / diffusers = {med[k] / med['diffusers']:.3f}")
+            if k.startswith("ours ("):
+                print(f"ratio {k} / diffusers = {med[k] / med['diffusers']:.3f} (median wall); "
+                      f"{statistics.median(cpu[k]) / statistics.median(cpu['diffusers']):.3f} (median CPU time)")
 
 
 if __name__ == "__main__":
