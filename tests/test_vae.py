@@ -11,6 +11,14 @@ from diffuse_nb.weights import CheckpointError
 ATOL = 1e-4
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    "Tiny models run ~50x faster on 1 thread than on 2 when the cores are busy (OpenMP barrier waits)."
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     return AutoencoderKL.from_config(tiny_vae_config()).eval()
@@ -206,3 +214,32 @@ def test_meta_full_size_parameter_count():
     with torch.device("meta"): m = AutoencoderKL.from_config(cfg)
     assert sum(p.numel() for p in m.parameters()) == 83_653_863
     assert (m.tile_sample_min_size, m.tile_latent_min_size) == (768, 96)
+
+
+def test_progress_bar_over_tiles(capsys):
+    m = AutoencoderKL.from_config(tiny_vae_config()).eval()
+    z = torch.randn(1, 4, 20, 20)
+    with torch.no_grad():
+        m.decode(z, tiled=True, progress=True)
+        assert "VAE decode tiles" in capsys.readouterr().err
+        m.decode(z, tiled=True, progress=False)
+        assert capsys.readouterr().err == ""
+
+
+def test_old_attention_names_load(tmp_path):
+    "Checkpoints saved before diffusers 0.14 (`query`/`key`/`value`/`proj_attn`) load, strictly, with the same numbers."
+    from safetensors.torch import load_file, save_file
+    from diffuse_nb.vae import deprecated_attention_renames
+    ref = tiny_vae(layers_per_block=2)
+    d = save_reference(ref, tmp_path / "vae")
+    f = d / "diffusion_pytorch_model.safetensors"
+    old = {k.replace(".to_q.", ".query.").replace(".to_k.", ".key.").replace(".to_v.", ".value.").replace(".to_out.0.", ".proj_attn."): v
+           for k, v in load_file(f).items()}
+    assert len(deprecated_attention_renames(old)) == 16               # 2 mid blocks × 4 linears × (weight, bias)
+    save_file(old, f)
+    ours = AutoencoderKL.from_pretrained(d)
+    z = torch.randn(1, 4, 8, 8)
+    with torch.no_grad(): assert max_abs_err(ours.decode(z).sample, ref.decode(z).sample) <= ATOL
+    old["decoder.mid_block.attentions.0.bogus.weight"] = torch.zeros(1)   # anything else is still an error
+    save_file(old, f)
+    with pytest.raises(CheckpointError, match="unexpected"): AutoencoderKL.from_pretrained(d)
