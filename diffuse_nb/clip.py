@@ -13,8 +13,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .weights import (
-    FromPretrained, config_dataclass, find_checkpoint, load_config, load_pretrained, load_weights, resolve_model_dir)
+from .weights import FromPretrained, config_dataclass
 
 # %% auto #0
 __all__ = ['ACTIVATIONS', 'VIT_L_14', 'VIT_H_14', 'VIT_BIGG_14', 'quick_gelu', 'CLIPTextConfig', 'clip_text_config', 'attention',
@@ -231,17 +230,6 @@ class CLIPTextTransformer(nn.Module):
         pooled = x[torch.arange(x.shape[0], device=x.device), eos_positions(input_ids, self.config.eos_token_id).to(x.device)]
         return CLIPTextOutput(x, pooled, states)                             # pooled: (B, C)
 
-def _from_pretrained_either_layout(cls, path_or_repo_id, subfolder, dtype, device, variant, local_files_only, **kwargs):
-    # transformers >= 5 saves a bare CLIPTextModel without the `text_model.` prefix that SD repos (and older
-    # transformers) use; such a checkpoint is exactly the state dict of our `text_model`, so load it there.
-    d = resolve_model_dir(path_or_repo_id, subfolder, variant=variant, local_files_only=local_files_only)
-    ckpt = find_checkpoint(d, variant)
-    if any(k.startswith("text_model.") for k in ckpt.keys()):
-        return load_pretrained(cls, d, dtype=dtype, device=device, variant=variant, **kwargs)
-    with torch.device("meta"): model = cls.from_config(load_config(d))
-    load_weights(model.text_model, ckpt, dtype=dtype, device=device, progress=kwargs.get("progress", False))
-    return model.eval()
-
 class CLIPTextModel(nn.Module, FromPretrained):
     "CLIP text encoder (transformers `CLIPTextModel`): last hidden state, pooled EOS state, optionally all hidden states."
     _ignore_unexpected_keys = (r"position_ids$",)
@@ -254,10 +242,11 @@ class CLIPTextModel(nn.Module, FromPretrained):
     def from_config(cls, config: dict | CLIPTextConfig): return cls(clip_text_config(config))
 
     @classmethod
-    def from_pretrained(cls, path_or_repo_id: str | Path, subfolder: str | None = None, dtype=None, device="cpu",
-                        variant: str | None = None, local_files_only: bool | None = None, **kwargs):
-        "Load a transformers `CLIPTextModel` folder (`config.json` + safetensors; keys with or without `text_model.`)."
-        return _from_pretrained_either_layout(cls, path_or_repo_id, subfolder, dtype, device, variant, local_files_only, **kwargs)
+    def _checkpoint_renames(cls, keys) -> dict[str, str]:
+        # transformers >= 5 saves a bare CLIPTextModel without the `text_model.` prefix that SD repos (written by
+        # transformers 4) use; `weights.load_weights` calls this hook and sees such a file with the prefix added.
+        keys = list(keys)
+        return {} if any(k.startswith("text_model.") for k in keys) else {k: "text_model." + k for k in keys}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 output_hidden_states: bool = False) -> CLIPTextOutput:

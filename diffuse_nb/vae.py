@@ -13,9 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .core import randn, get_device
-from .weights import (FromPretrained, CheckpointFiles, config_dataclass, find_checkpoint, load_config,
-                                load_pretrained, load_weights, resolve_model_dir)
+from .core import randn
+from .weights import FromPretrained, config_dataclass
 from .unet import ResnetBlock2D, Downsample2D, Upsample2D, Attention
 
 # %% auto #0
@@ -274,10 +273,9 @@ class AutoencoderKL(nn.Module, FromPretrained):
         self.tile_overlap_factor = 0.25
 
     @classmethod
-    def from_pretrained(cls, path_or_repo_id, subfolder: str | None = None, dtype=None, device="cpu", variant: str | None = None,
-                        local_files_only: bool | None = None, **kwargs) -> AutoencoderKL:
-        "Load from a local folder or Hub repo id (strict keys); checkpoints with diffusers' old attention names load too."
-        return _vae_from_pretrained(cls, path_or_repo_id, subfolder, dtype, device, variant, local_files_only, **kwargs)
+    def _checkpoint_renames(cls, keys) -> dict[str, str]:
+        "Called by `weights.load_weights`: checkpoints saved before diffusers 0.14 use old attention names (see below)."
+        return deprecated_attention_renames(keys)
 
     @classmethod
     def from_config(cls, config: dict | AutoencoderKLConfig) -> AutoencoderKL:
@@ -397,32 +395,6 @@ _OLD_ATTN_KEY = re.compile(r"^((?:encoder|decoder)\.mid_block\.attentions\.\d+)\
 def deprecated_attention_renames(keys) -> dict[str, str]:
     "`{old: new}` for checkpoint keys that use diffusers' pre-0.14 VAE attention names (`query`, `key`, `value`, `proj_attn`)."
     return {k: f"{m[1]}.{_OLD_ATTN_NAMES[m[2]]}.{m[3]}" for k in keys if (m := _OLD_ATTN_KEY.match(k))}
-
-class _RenamedCheckpoint(CheckpointFiles):
-    "A view of `ckpt` in which the tensors named in `renames` (old -> new) appear under their new names."
-    def __init__(self, ckpt: CheckpointFiles, renames: dict[str, str]):
-        self.files, self._ckpt = ckpt.files, ckpt
-        self._stored = {renames.get(k, k): k for k in ckpt.keys()}         # new name -> name in the file
-        self.where = {new: ckpt.where[old] for new, old in self._stored.items()}
-    def shape(self, k): return self._ckpt.shape(self._stored[k])
-    def dtype(self, k): return self._ckpt.dtype(self._stored[k])
-    @property
-    def nbytes(self): return self._ckpt.nbytes
-    def items(self, dtype=None, device="cpu", keys=None, progress: bool = False):
-        keys = list(self.where) if keys is None else list(keys)
-        new = {self._stored[k]: k for k in keys}
-        for old, t in self._ckpt.items(dtype=dtype, device=device, keys=list(new), progress=progress): yield new[old], t
-
-def _vae_from_pretrained(cls, path_or_repo_id, subfolder: str | None = None, dtype=None, device="cpu", variant: str | None = None,
-                         local_files_only: bool | None = None, strict: bool = True, revision: str | None = None, progress: bool = False):
-    "`AutoencoderKL.from_pretrained`: `weights.load_pretrained`, through a renamed view when the checkpoint uses old names."
-    d = resolve_model_dir(path_or_repo_id, subfolder, variant=variant, local_files_only=local_files_only, revision=revision)
-    ckpt = find_checkpoint(d, variant)
-    renames = deprecated_attention_renames(ckpt.keys())
-    if not renames: return load_pretrained(cls, d, dtype=dtype, device=device, variant=variant, strict=strict, progress=progress)
-    with torch.device("meta"): model = cls.from_config(load_config(d))
-    load_weights(model, _RenamedCheckpoint(ckpt, renames), strict=strict, dtype=dtype, device=get_device(device), progress=progress)
-    return model.eval()
 
 # %% ../nbs/07_vae.ipynb #36c6f810
 def _ramp(n: int, dtype) -> tuple[torch.Tensor, torch.Tensor]:
