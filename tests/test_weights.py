@@ -190,3 +190,19 @@ def test_download_only_what_the_component_needs(tmp_path, monkeypatch, ref, vari
     assert all(torch.equal(sd[k], want[k]) for k in want)
     n_calls = len(calls); resolve_model_dir("acme/tiny", subfolder="unet", variant=variant)
     assert len(calls) == n_calls, "a cached component was downloaded again"
+
+def test_mmap_views_and_private_writes(tmp_path):
+    "mmap=True adopts zero-copy views; writes stay private; casts and misaligned data fall back to reading."
+    w = torch.randn(8, 8)
+    p = _write(tmp_path, {"weight": w, "bias": torch.zeros(8)})
+    before = p.read_bytes()
+    with torch.device("meta"): m = nn.Linear(8, 8)
+    load_weights(m, p)                                                   # default: mmap on the CPU
+    assert torch.equal(m.weight, w)
+    with torch.no_grad(): m.weight.mul_(0)                              # copy-on-write: the file is untouched
+    assert p.read_bytes() == before and torch.equal(load_state_dict(p)["weight"], w)
+    with torch.device("meta"): m16 = nn.Linear(8, 8)
+    load_weights(m16, p, dtype="fp16"); assert m16.weight.dtype == torch.float16 and torch.equal(m16.weight, w.half())
+    sf = SafetensorsFile(p)
+    sf.data_start += 1                                                   # pretend the data were misaligned
+    assert sf.view("weight") is None
