@@ -14,12 +14,6 @@ from diffusers import DDIMScheduler as RefDDIM, EulerDiscreteScheduler as RefEul
 ATOL = 1e-6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    "Every tensor here is tiny; on a busy machine extra threads only add overhead."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 COLS = ("timesteps", "sigmas", "model_input", "prev_sample", "pred_original_sample")
 
 

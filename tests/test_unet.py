@@ -8,7 +8,6 @@ from diffuse_nb.unet import (Attention, UNet2DConditionModel, UNet2DConditionCon
                              PackedConv2d, multihead_attention, timestep_embedding)
 from diffuse_nb.testing import check_parity, tiny_unet, tiny_unet_config, save_reference, randomize_
 
-torch.set_num_threads(2)
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 

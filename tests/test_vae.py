@@ -11,12 +11,6 @@ from diffuse_nb.weights import CheckpointError
 ATOL = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    "Tiny models run ~50x faster on 1 thread than on 2 when the cores are busy (OpenMP barrier waits)."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
