@@ -18,9 +18,9 @@ from .weights import FromPretrained, config_dataclass
 from .unet import ResnetBlock2D, Downsample2D, Upsample2D, Attention
 
 # %% auto #0
-__all__ = ['AutoencoderKLConfig', 'DiagonalGaussianDistribution', 'DownEncoderBlock2D', 'UNetMidBlock2D',
-           'upsample_nearest2x_conv', 'UpDecoderBlock2D', 'Encoder', 'Decoder', 'AutoencoderKLOutput', 'DecoderOutput',
-           'AutoencoderKL', 'deprecated_attention_renames', 'blend_v', 'blend_h', 'tiled_apply']
+__all__ = ['AutoencoderKLConfig', 'DiagonalGaussianDistribution', 'DownEncoderBlock2D', 'UNetMidBlock2D', 'UpDecoderBlock2D',
+           'Encoder', 'Decoder', 'AutoencoderKLOutput', 'DecoderOutput', 'AutoencoderKL',
+           'deprecated_attention_renames', 'blend_v', 'blend_h', 'tiled_apply']
 
 # %% ../nbs/07_vae.ipynb #d829a946
 _ACT_FNS = ("silu", "swish")
@@ -144,36 +144,9 @@ class UNetMidBlock2D(nn.Module):
             hidden_states = resnet(hidden_states)
         return hidden_states
 
-# %% ../nbs/07_vae.ipynb #b0aeecb7
-def _fold_taps(w: torch.Tensor, dim: int) -> torch.Tensor:
-    "3 kernel taps along `dim` -> (phase 0: [w0, w1+w2], phase 1: [w0+w1, w2]) stacked in a new leading dim."
-    w0, w1, w2 = w.unbind(dim)
-    return torch.stack([torch.stack([w0, w1 + w2], dim), torch.stack([w0 + w1, w2], dim)])
-
-def upsample_nearest2x_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    "`conv(interpolate(x, scale_factor=2, mode='nearest'))` for a 3×3, stride-1, padding-1 `conv`, as 4 phase 2×2 convs (4/9 the FLOPs)."
-    B, C, H, W = x.shape
-    O = conv.out_channels
-    k = _fold_taps(_fold_taps(conv.weight.float(), 2), 4)                  # (2 col-phases b, 2 row-phases a, O, C, 2, 2)
-    k = k.transpose(0, 1).reshape(4 * O, C, 2, 2).to(x.dtype)               # filters ordered (a, b, o)
-    bias = conv.bias.repeat(4) if conv.bias is not None else None
-    y = F.conv2d(x, k, bias, padding=1)                                     # (B, 4*O, H+1, W+1)
-    if y.is_contiguous(memory_format=torch.channels_last):                  # keep NHWC: interleave in (B, H, a, W, b, O)
-        y = y.permute(0, 2, 3, 1).view(B, H + 1, W + 1, 2, 2, O)
-        out = x.new_empty(B, H, 2, W, 2, O)
-        for a in (0, 1):
-            for b in (0, 1): out[:, :, a, :, b] = y[:, a:a + H, b:b + W, a, b]
-        return out.view(B, 2 * H, 2 * W, O).permute(0, 3, 1, 2)              # (B, O, 2H, 2W), channels_last strides
-    y = y.view(B, 2, 2, O, H + 1, W + 1)
-    out = x.new_empty(B, O, H, 2, W, 2)                                     # (B, O, H, a, W, b) == (B, O, 2H, 2W)
-    for a in (0, 1):
-        for b in (0, 1): out[:, :, :, a, :, b] = y[:, a, b, :, a:a + H, b:b + W]
-    return out.view(B, O, 2 * H, 2 * W)
-
-# %% ../nbs/07_vae.ipynb #c2a3305a
+# %% ../nbs/07_vae.ipynb #b1bf5feb
 class UpDecoderBlock2D(nn.Module):
     "`num_layers` ResNet blocks (no timestep) then, unless last, nearest 2× upsampling and a 3×3 conv."
-    fused_upsample: bool = True                                             # False: the plain Upsample2D path
 
     def __init__(self, in_channels: int, out_channels: int, num_layers: int = 1, resnet_eps: float = 1e-6,
                  resnet_groups: int = 32, add_upsample: bool = True):
@@ -184,9 +157,7 @@ class UpDecoderBlock2D(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         for resnet in self.resnets: hidden_states = resnet(hidden_states)
-        if self.upsamplers is not None:                                     # (B, C, H, W) -> (B, C, 2H, 2W)
-            up = self.upsamplers[0]
-            hidden_states = upsample_nearest2x_conv(hidden_states, up.conv) if self.fused_upsample else up(hidden_states)
+        if self.upsamplers is not None: hidden_states = self.upsamplers[0](hidden_states)   # (B, C, H, W) -> (B, C, 2H, 2W)
         return hidden_states
 
 # %% ../nbs/07_vae.ipynb #d8a025db
