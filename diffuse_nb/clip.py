@@ -91,9 +91,13 @@ VIT_BIGG_14 = dict(VIT_L_14, hidden_size=1280, intermediate_size=5120, num_atten
 # %% ../nbs/04_clip.ipynb #f810018b
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int,
               mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
-    "Multi-head scaled dot-product attention on `(B, L, C)` projections; `mask` is boolean (True = attend)."
+    "Multi-head scaled dot-product attention on `(B, L, C)` projections; `mask` is boolean (True = attend) or additive."
     B, L, C = q.shape
     q, k, v = (t.view(B, -1, num_heads, C // num_heads).transpose(1, 2) for t in (q, k, v))  # (B, L, C) -> (B, H, L, D)
+    if mask is not None:
+        if mask.ndim == 2: mask = mask[:, None, None, :]                                   # (B, Lk) -> (B, 1, 1, Lk)
+        elif mask.ndim == 3: mask = mask[:, None]                                          # (B, Lq, Lk) -> (B, 1, Lq, Lk)
+        if mask.dtype != torch.bool: mask = mask.to(q.dtype)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)    # (B, H, L, D)
     return out.transpose(1, 2).reshape(B, L, C)                                            # -> (B, L, C)
 

@@ -13,26 +13,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['SD21_UNET_CONFIG', 'SDXL_UNET_CONFIG', 'multihead_attention', 'Attention', 'ResnetBlock2D', 'Downsample2D',
-           'upsample_conv_weights', 'upsample_nearest_conv3x3', 'Upsample2D', 'timestep_embedding', 'TimestepEmbedding',
-           'GEGLU', 'FeedForward', 'BasicTransformerBlock', 'Transformer2DModel', 'DownBlock2D', 'CrossAttnDownBlock2D',
-           'UpBlock2D', 'CrossAttnUpBlock2D', 'UNetMidBlock2DCrossAttn', 'UNet2DConditionConfig', 'check_unet_config',
+__all__ = ['SD21_UNET_CONFIG', 'SDXL_UNET_CONFIG', 'Attention', 'ResnetBlock2D', 'Downsample2D', 'upsample_conv_weights',
+           'upsample_nearest_conv3x3', 'Upsample2D', 'timestep_embedding', 'TimestepEmbedding', 'GEGLU', 'FeedForward',
+           'BasicTransformerBlock', 'Transformer2DModel', 'DownBlock2D', 'CrossAttnDownBlock2D', 'UpBlock2D',
+           'CrossAttnUpBlock2D', 'UNetMidBlock2DCrossAttn', 'UNet2DConditionConfig', 'check_unet_config',
            'UNet2DConditionOutput', 'UNet2DConditionModel', 'draw_unet', 'PackedConv2d', 'can_pack_convs',
            'pack_conv_weights_', 'unpack_conv_weights_']
 
 # %% ../nbs/06_unet.ipynb #f66acf74
-def multihead_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
-                        mask: torch.Tensor | None = None) -> torch.Tensor:
-    "Multi-head scaled-dot-product attention on `(B, L, heads*d)` projections; `mask` is additive (float) or keep (bool)."
-    B, Lq, inner = q.shape
-    d = inner // heads
-    q, k, v = (t.view(B, -1, heads, d).transpose(1, 2) for t in (q, k, v))   # (B, L, h*d) -> (B, h, L, d)
-    if mask is not None:
-        if mask.ndim == 2: mask = mask[:, None, None, :]                      # (B, Lk) -> (B, 1, 1, Lk)
-        elif mask.ndim == 3: mask = mask[:, None]                             # (B, Lq|1, Lk) -> (B, 1, Lq|1, Lk)
-        if mask.dtype != torch.bool: mask = mask.to(q.dtype)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)            # (B, h, Lq, d)
-    return out.transpose(1, 2).reshape(B, Lq, heads * d)                      # (B, Lq, h*d)
+from .clip import attention
 
 # %% ../nbs/06_unet.ipynb #ba40d77b
 class Attention(nn.Module):
@@ -65,7 +54,7 @@ class Attention(nn.Module):
         elif self.group_norm is not None:
             hidden_states = self.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        out = multihead_attention(self.to_q(hidden_states), self.to_k(context), self.to_v(context),
+        out = attention(self.to_q(hidden_states), self.to_k(context), self.to_v(context),
                                   self.heads, attention_mask)
         out = self.to_out[1](self.to_out[0](out))
         if spatial: out = out.transpose(1, 2).reshape(B, -1, H, W)            # (B, H*W, C) -> (B, C, H, W)

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from diffuse_nb.unet import (Attention, UNet2DConditionModel, UNet2DConditionConfig, SD21_UNET_CONFIG, SDXL_UNET_CONFIG,
-                             PackedConv2d, multihead_attention, timestep_embedding)
+                             PackedConv2d, timestep_embedding)
+from diffuse_nb.clip import attention
 from diffuse_nb.testing import check_parity, tiny_unet, tiny_unet_config, save_reference, randomize_
 
 warnings.filterwarnings("ignore", category=FutureWarning)
@@ -166,9 +167,9 @@ def test_attention_masks_and_shapes():
     q, k, v = torch.randn(2, 6, 16), torch.randn(2, 5, 16), torch.randn(2, 5, 16)
     bias = torch.zeros(2, 5); bias[:, 3:] = float("-inf")
     keep = bias == 0
-    a = multihead_attention(q, k, v, 4, bias)
-    check_parity(multihead_attention(q, k, v, 4, keep), a, 1e-6, "bool mask")
-    check_parity(multihead_attention(q, k[:, :3], v[:, :3], 4), a, 1e-6, "mask = dropping keys")
+    a = attention(q, k, v, 4, bias)
+    check_parity(attention(q, k, v, 4, keep), a, 1e-6, "bool mask")
+    check_parity(attention(q, k[:, :3], v[:, :3], 4), a, 1e-6, "mask = dropping keys")
     attn = Attention(16, heads=2, dim_head=8, norm_num_groups=4, residual_connection=True)
     x = torch.randn(2, 16, 3, 5)
     assert attn(x).shape == x.shape
