@@ -16,8 +16,8 @@ from .core import get_device, get_dtype
 
 # %% auto #0
 __all__ = ['CheckpointError', 'SafetensorsFile', 'select_weight_files', 'CheckpointFiles', 'find_checkpoint', 'load_state_dict',
-           'check_keys', 'load_weights', 'config_dataclass', 'resolve_model_dir', 'load_config', 'load_model_index',
-           'load_pretrained', 'FromPretrained', 'convert_to_safetensors']
+           'check_keys', 'load_weights', 'config_dataclass', 'ConfigMapping', 'resolve_model_dir', 'load_config',
+           'load_model_index', 'load_pretrained', 'FromPretrained', 'convert_to_safetensors']
 
 # %% ../nbs/01_weights.ipynb #3c4ff42d
 class CheckpointError(Exception):
@@ -271,6 +271,22 @@ def config_dataclass(dc_type, config: Mapping, name: str | None = None):
 def _read_json(path: Path) -> dict:
     try: return json.loads(path.read_text())
     except json.JSONDecodeError as e: raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+
+# %% ../nbs/01_weights.ipynb #6921c775
+class ConfigMapping(Mapping):
+    "Mixin for config dataclasses: read-only mapping access (`cfg['key']`, `dict(cfg)`, `**cfg`) beside `cfg.key`."
+    def __getitem__(self, key: str):
+        if isinstance(key, str) and key in self.__dataclass_fields__: return getattr(self, key)
+        raise KeyError(key)
+    def __iter__(self): return iter(f.name for f in dataclasses.fields(self))
+    def __len__(self) -> int: return len(dataclasses.fields(self))
+
+    def to_json_dict(self, class_name: str | None = None, library: str = "diffusers", version: str = "0.42.1") -> dict:
+        "The fields as JSON-ready values (tuples become lists); with `class_name`, led by the keys the reference reads."
+        as_json = lambda v: [as_json(x) for x in v] if isinstance(v, (tuple, list)) else v
+        head = {} if class_name is None else ({"_class_name": class_name, f"_{library}_version": version} if library == "diffusers"
+                                              else {"architectures": [class_name], "transformers_version": version})
+        return {**head, **{k: as_json(v) for k, v in self.items()}}
 
 # %% ../nbs/01_weights.ipynb #468b107f
 def _offline() -> bool:
