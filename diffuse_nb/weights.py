@@ -17,7 +17,7 @@ from .core import get_device, get_dtype
 # %% auto #0
 __all__ = ['CheckpointError', 'SafetensorsFile', 'select_weight_files', 'CheckpointFiles', 'find_checkpoint', 'load_state_dict',
            'check_keys', 'load_weights', 'config_dataclass', 'ConfigMapping', 'resolve_model_dir', 'load_config',
-           'load_model_index', 'load_pretrained', 'FromPretrained', 'convert_to_safetensors']
+           'load_model_index', 'load_pretrained', 'FromPretrained', 'save_model', 'convert_to_safetensors']
 
 # %% ../nbs/01_weights.ipynb #3c4ff42d
 class CheckpointError(Exception):
@@ -393,6 +393,35 @@ class FromPretrained:
         "Load from a local folder or Hub repo id (see `load_pretrained`)."
         return load_pretrained(cls, path_or_repo_id, subfolder=subfolder, dtype=dtype, device=device, variant=variant,
                                local_files_only=local_files_only, **kwargs)
+
+# %% ../nbs/01_weights.ipynb #45472efa
+_WEIGHTS_NAME = {"diffusers": "diffusion_pytorch_model.safetensors", "transformers": "model.safetensors"}
+
+def save_model(model: nn.Module, path: str | Path, overwrite: bool = False) -> Path:
+    "Write `model` to folder `path` as `config.json` + safetensors weights, in its reference library's layout."
+    from safetensors.torch import save_file
+    library = getattr(model, "_library", "diffusers")
+    config = model._config_json() if hasattr(model, "_config_json") else model.config.to_json_dict(type(model).__name__, library)
+    path = Path(path); files = [path / "config.json", path / _WEIGHTS_NAME[library]]
+    there = [f.name for f in files if f.exists()]
+    if there and not overwrite:
+        raise FileExistsError(f"{path} already holds {there}; pass overwrite=True to replace them, or choose a new folder")
+    sd = model.state_dict()
+    if any(t.is_meta for t in sd.values()): raise ValueError("the model still has tensors on the meta device: load weights first")
+    seen, out = set(), {}
+    for k, v in sd.items():                       # safetensors refuses tensors that share memory: copy the aliases
+        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), v.dtype)
+        out[k] = v.detach().clone().contiguous() if key in seen else v.detach().contiguous(); seen.add(key)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    save_file(out, files[1], metadata={"format": "pt"})
+    return path
+
+def _save_pretrained(self, path: str | Path, overwrite: bool = False) -> Path:
+    "Save to folder `path` (`config.json` + safetensors) so the reference library loads it; see `save_model`."
+    return save_model(self, path, overwrite=overwrite)
+
+FromPretrained.save_pretrained = _save_pretrained
 
 # %% ../nbs/01_weights.ipynb #6cc156e1
 def convert_to_safetensors(src: str | Path, dst: str | Path | None = None, overwrite: bool = False) -> Path:
