@@ -19,41 +19,48 @@ __all__ = ['default_device', 'get_device', 'get_dtype', 'make_generator', 'randn
 # %% ../nbs/00_core.ipynb #b0c81850
 _DEVICE_TYPES = ("cpu", "cuda", "mps")
 
+def _has_mps() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
 def _available_devices() -> list[str]:
     out = ["cpu"]
     if torch.cuda.is_available(): out += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(): out.append("mps")
+    if _has_mps(): out.append("mps")
     return out
 
 def default_device() -> torch.device:
     "The best device this machine has: CUDA, then Apple MPS, then CPU."
     if torch.cuda.is_available(): return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(): return torch.device("mps")
-    return torch.device("cpu")
+    return torch.device("mps") if _has_mps() else torch.device("cpu")
+
+def _check_device_exists(dev: torch.device):
+    "Raise `ValueError` if `dev` is not on this machine, listing what is."
+    here = _available_devices()
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(dev)!r} was asked for but CUDA is not available here "
+                         f"(available: {here})")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device={str(dev)!r} does not exist: this machine has "
+                         f"{torch.cuda.device_count()} CUDA device(s) (available: {here})")
+    if dev.type == "mps" and str(dev) not in here:
+        raise ValueError(f"device={str(dev)!r} was asked for but MPS is not available here "
+                         f"(available: {here})")
 
 def get_device(device: str | torch.device | None = None, check: bool = True) -> torch.device:
-    "Parse `device` (`'cpu'`, `'cuda'`, `'cuda:1'`, `'mps'`, a `torch.device`, or `None` for the best available)."
+    "Parse `device` (`'cpu'`, `'cuda'`, `'cuda:1'`, `'mps'`, a `torch.device`; `None`: the best available)."
     if device is None: return default_device()
     if isinstance(device, torch.device): dev = device
     elif isinstance(device, str):
         m = re.fullmatch(r"\s*(cpu|cuda|mps)(?::(\d+))?\s*", device.lower())
         if m is None:
-            raise ValueError(f"device={device!r} is not a device name; use one of 'cpu', 'cuda', 'cuda:N', 'mps' "
-                             f"(available here: {_available_devices()})")
+            raise ValueError(f"device={device!r} is not a device name; use one of 'cpu', 'cuda', 'cuda:N', "
+                             f"'mps' (available here: {_available_devices()})")
         dev = torch.device(m.group(1), int(m.group(2))) if m.group(2) else torch.device(m.group(1))
     else: raise TypeError(f"device must be a str or torch.device, got {type(device).__name__} ({device!r})")
     if dev.type == "meta": return dev
     if dev.type not in _DEVICE_TYPES:
         raise ValueError(f"device={str(dev)!r} has unsupported type {dev.type!r}; allowed: {_DEVICE_TYPES}")
-    if check:
-        if dev.type == "cuda":
-            if not torch.cuda.is_available():
-                raise ValueError(f"device={str(dev)!r} was asked for but CUDA is not available here "
-                                 f"(available: {_available_devices()})")
-            if dev.index is not None and dev.index >= torch.cuda.device_count():
-                raise ValueError(f"device={str(dev)!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)")
-        if dev.type == "mps" and str(dev) not in _available_devices():
-            raise ValueError(f"device={str(dev)!r} was asked for but MPS is not available here (available: {_available_devices()})")
+    if check: _check_device_exists(dev)
     return dev
 
 # %% ../nbs/00_core.ipynb #0d34a734
@@ -66,13 +73,14 @@ _DTYPE_NAMES = {
 }
 
 def get_dtype(dtype: str | torch.dtype | None, default: torch.dtype | None = None) -> torch.dtype | None:
-    "Parse `dtype` (`'float16'`, `'fp16'`, `'half'`, `'bf16'`, `'fp32'`, … or a `torch.dtype`); `None` gives `default`."
+    "Parse `dtype` (`'float16'`, `'fp16'`, `'half'`, `'bf16'`, `'fp32'`, … or a `torch.dtype`); `None`: default."
     if dtype is None: return default
     if isinstance(dtype, torch.dtype): return dtype
     if isinstance(dtype, str):
         key = dtype.strip().lower().removeprefix("torch.")
         if key in _DTYPE_NAMES: return _DTYPE_NAMES[key]
-        raise ValueError(f"dtype={dtype!r} is not a known dtype name; allowed: {sorted(_DTYPE_NAMES)} or a torch.dtype")
+        raise ValueError(f"dtype={dtype!r} is not a known dtype name; allowed: {sorted(_DTYPE_NAMES)} "
+                         f"or a torch.dtype")
     raise TypeError(f"dtype must be a str or torch.dtype, got {type(dtype).__name__} ({dtype!r})")
 
 # %% ../nbs/00_core.ipynb #4a9544e5
@@ -81,18 +89,21 @@ def make_generator(seed: int | torch.Generator | None = None) -> torch.Generator
     if isinstance(seed, torch.Generator): return seed
     if seed is None: seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an int, a torch.Generator or None, got {type(seed).__name__} ({seed!r})")
+        raise TypeError(f"seed must be an int, a torch.Generator or None, "
+                        f"got {type(seed).__name__} ({seed!r})")
     if not 0 <= int(seed) < 2**64:
         raise ValueError(f"seed={seed} is out of range; allowed: 0 <= seed < 2**64")
     return torch.Generator("cpu").manual_seed(int(seed))
 
 def randn(shape: Sequence[int], generator: torch.Generator | int | None = None,
           device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    "Standard normal noise drawn on the CPU (so a seed gives the same numbers on any device), then moved to `device`."
+    "Standard normal noise drawn on the CPU (a seed gives the same numbers on any device), moved to `device`."
     g = make_generator(generator)
     if g.device.type != "cpu":
-        raise ValueError(f"generator is on {g.device}; pass a CPU generator (make_generator(seed)) so seeds are portable")
-    return torch.randn(tuple(shape), generator=g, dtype=torch.float32).to(device=get_device(device), dtype=get_dtype(dtype))
+        raise ValueError(f"generator is on {g.device}; pass a CPU generator (make_generator(seed)) "
+                         f"so seeds are portable")
+    noise = torch.randn(tuple(shape), generator=g, dtype=torch.float32)
+    return noise.to(device=get_device(device), dtype=get_dtype(dtype))
 
 # %% ../nbs/00_core.ipynb #b22e2b9a
 def _check_range(value_range):
@@ -100,11 +111,12 @@ def _check_range(value_range):
         raise ValueError(f"value_range={value_range!r} is not supported; allowed: (-1, 1) or (0, 1)")
 
 def tensor_to_pil(x: torch.Tensor, value_range: tuple = (-1, 1)) -> Image.Image | list[Image.Image]:
-    "`(C,H,W)` → one PIL image, `(B,C,H,W)` → a list; values in `value_range` are clamped and mapped to 0–255."
+    "`(C,H,W)` → one PIL image, `(B,C,H,W)` → a list; values in `value_range` clamped and mapped to 0–255."
     _check_range(value_range)
     if not isinstance(x, torch.Tensor): raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim not in (3, 4): raise ValueError(f"x must have shape (C,H,W) or (B,C,H,W), got {tuple(x.shape)}")
-    if x.shape[-3] not in (1, 3, 4): raise ValueError(f"x must have 1, 3 or 4 channels, got shape {tuple(x.shape)}")
+    if x.shape[-3] not in (1, 3, 4):
+        raise ValueError(f"x must have 1, 3 or 4 channels, got shape {tuple(x.shape)}")
     lo, hi = value_range
     y = ((x.detach().float().cpu() - lo) / (hi - lo)).clamp(0, 1)
     y = (y * 255).round().to(torch.uint8)                 # (…, C, H, W)
@@ -118,7 +130,8 @@ def pil_to_tensor(img: Image.Image | Sequence[Image.Image], value_range: tuple =
     imgs = [img] if isinstance(img, Image.Image) else list(img)
     if not imgs or not all(isinstance(i, Image.Image) for i in imgs):
         raise TypeError(f"img must be a PIL.Image or a non-empty list of them, got {type(img).__name__}")
-    if len({i.size for i in imgs}) > 1: raise ValueError(f"images have different sizes: {[i.size for i in imgs]}")
+    if len({i.size for i in imgs}) > 1:
+        raise ValueError(f"images have different sizes: {[i.size for i in imgs]}")
     arr = np.stack([np.asarray(i.convert("RGB")) for i in imgs])           # (B, H, W, 3) uint8
     t = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0         # (B, 3, H, W) in [0, 1]
     lo, hi = value_range
@@ -127,14 +140,17 @@ def pil_to_tensor(img: Image.Image | Sequence[Image.Image], value_range: tuple =
 # %% ../nbs/00_core.ipynb #17305f44
 def save_image(img: Image.Image | torch.Tensor, path: str | Path, metadata: dict | None = None,
                overwrite: bool = False, value_range: tuple = (-1, 1)) -> Path:
-    "Save `img` to `path`; `metadata` goes into PNG text chunks. Refuses to overwrite unless `overwrite=True`."
+    "Save `img` to `path`; `metadata` goes into PNG text chunks. Never overwrites unless `overwrite=True`."
     path = Path(path)
     if isinstance(img, torch.Tensor):
-        if img.ndim == 4 and img.shape[0] != 1: raise ValueError(f"img is a batch of {img.shape[0]}; save one image at a time")
+        if img.ndim == 4 and img.shape[0] != 1:
+            raise ValueError(f"img is a batch of {img.shape[0]}; save one image at a time")
         img = tensor_to_pil(img[0] if img.ndim == 4 else img, value_range)
-    if not isinstance(img, Image.Image): raise TypeError(f"img must be a PIL.Image or torch.Tensor, got {type(img).__name__}")
+    if not isinstance(img, Image.Image):
+        raise TypeError(f"img must be a PIL.Image or torch.Tensor, got {type(img).__name__}")
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it, or use filename_from_prompt for a fresh name")
+        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it, "
+                              f"or use filename_from_prompt for a fresh name")
     if metadata and path.suffix.lower() != ".png":
         raise ValueError(f"metadata can only be stored in PNG files, not {path.suffix!r} ({path})")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -152,7 +168,7 @@ def read_image_metadata(path: str | Path) -> dict:
 # %% ../nbs/00_core.ipynb #61d71563
 def filename_from_prompt(prompt: str, datetime: bool = True, directory: str | Path | None = None,
                          ext: str = ".png", max_len: int = 50) -> Path:
-    "A safe, unused file name from `prompt`: `[timestamp_]words_of_prompt[_N].ext`, stem at most `max_len` chars."
+    "A safe, unused file name from `prompt`: `[timestamp_]words_of_prompt[_N].ext`, stem <= `max_len` chars."
     if not isinstance(prompt, str): raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
     if max_len < 16: raise ValueError(f"max_len={max_len} is too short; allowed: >= 16")
     if not ext.startswith("."): ext = "." + ext
@@ -168,8 +184,9 @@ def filename_from_prompt(prompt: str, datetime: bool = True, directory: str | Pa
 
 # %% ../nbs/00_core.ipynb #d5a1952d
 def show_images(images, titles: Sequence[str] | None = None, ncols: int | None = None,
-                figsize: tuple | None = None, value_range: tuple = (-1, 1), suptitle: str | None = None, cmap=None):
-    "Show a grid of images (PIL, `(C,H,W)`/`(B,C,H,W)` tensors in `value_range`, or 2-D arrays) with optional titles."
+                figsize: tuple | None = None, value_range: tuple = (-1, 1), suptitle: str | None = None,
+                cmap=None):
+    "A grid of images (PIL, `(C,H,W)`/`(B,C,H,W)` tensors in `value_range`, 2-D arrays) with optional titles."
     import matplotlib.pyplot as plt
     if isinstance(images, torch.Tensor):
         images = list(images) if images.ndim == 4 else [images]
