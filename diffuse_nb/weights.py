@@ -15,13 +15,14 @@ from tqdm.auto import tqdm
 from .core import get_device, get_dtype
 
 # %% auto #0
-__all__ = ['CheckpointError', 'SafetensorsFile', 'select_weight_files', 'CheckpointFiles', 'find_checkpoint', 'load_state_dict',
-           'check_keys', 'load_weights', 'config_dataclass', 'ConfigMapping', 'resolve_model_dir', 'load_config',
-           'load_model_index', 'load_pretrained', 'FromPretrained', 'save_model', 'convert_to_safetensors']
+__all__ = ['CheckpointError', 'read_safetensors_header', 'SafetensorsFile', 'select_weight_files', 'CheckpointFiles',
+           'find_checkpoint', 'load_state_dict', 'check_keys', 'load_weights', 'config_dataclass', 'ConfigMapping',
+           'resolve_model_dir', 'load_config', 'load_model_index', 'load_pretrained', 'FromPretrained', 'save_model',
+           'convert_to_safetensors']
 
 # %% ../nbs/01_weights.ipynb #3c4ff42d
 class CheckpointError(Exception):
-    "A checkpoint that cannot be used as it is: corrupt or truncated file, missing/unexpected keys, wrong shapes."
+    "A checkpoint that cannot be used as it is: corrupt or truncated file, missing/unexpected keys, bad shapes."
 
 _ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
               "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -30,39 +31,53 @@ _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 def _refuse_pickle(path: Path):
     raise CheckpointError(
-        f"{path} is a pickle-based checkpoint ({path.suffix}); diffuse_nb loads only .safetensors files, because "
-        f"unpickling can run arbitrary code. Convert it once with "
-        f"`diffuse_nb.weights.convert_to_safetensors({str(path)!r})` (it uses torch.load(weights_only=True)), "
-        f"or download the .safetensors version of the checkpoint.")
+        f"{path} is a pickle-based checkpoint ({path.suffix}); diffuse_nb loads only .safetensors files, "
+        f"because unpickling can run arbitrary code. Convert it once with "
+        f"`diffuse_nb.weights.convert_to_safetensors({str(path)!r})` "
+        f"(it uses torch.load(weights_only=True)), or download the .safetensors version of the checkpoint.")
 
 # %% ../nbs/01_weights.ipynb #2fe0371f
+def read_safetensors_header(path: Path) -> tuple[dict, int, int]:
+    "`(header, data_start, file_size)` of a safetensors file, every entry checked against the file's size."
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path} is {size} bytes: too short to be a safetensors file (truncated "
+                                  "download?)")
+        n = struct.unpack("<Q", head)[0]
+        if n > size - 8 or n > 100_000_000:
+            raise CheckpointError(f"{path}: header length {n} does not fit in a {size}-byte file; "
+                                  f"not a safetensors file, or truncated")
+        try: header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{path}: header is not valid JSON ({e})") from None
+    end = 0
+    for name, e in header.items():
+        if name == "__metadata__": continue
+        if e.get("dtype") not in _ST_DTYPES:
+            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {e.get('dtype')!r}")
+        b, t = e["data_offsets"]
+        nbytes = math.prod(e["shape"]) * _ST_DTYPES[e["dtype"]].itemsize
+        if t - b != nbytes:
+            raise CheckpointError(f"{path}: tensor {name!r} has {t - b} bytes but shape {e['shape']} needs "
+                                  f"{nbytes}")
+        end = max(end, t)
+    if 8 + n + end > size:
+        raise CheckpointError(f"{path} is truncated: its header needs {8 + n + end:,} bytes but the file has "
+                              f"{size:,}. Delete it and download it again.")
+    return header, 8 + n, size
+
+# %% ../nbs/01_weights.ipynb #532176fb
 class SafetensorsFile:
     "The header of one `.safetensors` file; `read(name)` reads one tensor from disk into a new CPU tensor."
     def __init__(self, path: str | Path):
         self.path = path = Path(path)
         if path.suffix.lower() in _PICKLE_SUFFIXES: _refuse_pickle(path)
         if not path.is_file(): raise FileNotFoundError(f"checkpoint file {path} does not exist")
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8: raise CheckpointError(f"{path} is {size} bytes: too short to be a safetensors file (truncated download?)")
-            n = struct.unpack("<Q", head)[0]
-            if n > size - 8 or n > 100_000_000:
-                raise CheckpointError(f"{path}: header length {n} does not fit in a {size}-byte file; not a safetensors file, or truncated")
-            try: header = json.loads(f.read(n))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e: raise CheckpointError(f"{path}: header is not valid JSON ({e})") from None
+        header, self.data_start, self.file_size = read_safetensors_header(path)
         self.metadata = header.pop("__metadata__", None) or {}
-        self.data_start, self.file_size, self.entries = 8 + n, size, header
-        end = 0
-        for name, e in header.items():
-            if e.get("dtype") not in _ST_DTYPES: raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {e.get('dtype')!r}")
-            b, t = e["data_offsets"]
-            nbytes = math.prod(e["shape"]) * _ST_DTYPES[e["dtype"]].itemsize
-            if t - b != nbytes: raise CheckpointError(f"{path}: tensor {name!r} has {t - b} bytes but shape {e['shape']} needs {nbytes}")
-            end = max(end, t)
-        if self.data_start + end > size:
-            raise CheckpointError(f"{path} is truncated: its header needs {self.data_start + end:,} bytes but the file has {size:,}. "
-                                  f"Delete it and download it again.")
+        self.entries = header
 
     def keys(self) -> list[str]: return list(self.entries)
     def __contains__(self, name): return name in self.entries
@@ -79,13 +94,14 @@ class SafetensorsFile:
         if own: f = open(self.path, "rb")
         try:
             f.seek(self.data_start + b)
-            if t > b and f.readinto(memoryview(buf.numpy())) != t - b: raise CheckpointError(f"{self.path}: short read for {name!r}")
+            if t > b and f.readinto(memoryview(buf.numpy())) != t - b:
+                raise CheckpointError(f"{self.path}: short read for {name!r}")
         finally:
             if own: f.close()
         return buf.view(_ST_DTYPES[e["dtype"]]).reshape(e["shape"])
 
     def view(self, name: str) -> torch.Tensor | None:
-        "Tensor `name` as a zero-copy view of a private memory map of the file (`None` if its bytes are misaligned)."
+        "Tensor `name` as a zero-copy view of a private memory map of the file (`None` if misaligned)."
         e = self.entries[name]; b, t = e["data_offsets"]; dtype = _ST_DTYPES[e["dtype"]]
         if t == b or (self.data_start + b) % dtype.itemsize: return None
         if getattr(self, "_mm", None) is None:
@@ -93,23 +109,26 @@ class SafetensorsFile:
         buf = torch.frombuffer(self._mm, dtype=torch.uint8, count=t - b, offset=self.data_start + b)
         return buf.view(dtype).reshape(e["shape"])
 
-    def __repr__(self): return f"SafetensorsFile({str(self.path)!r}, {len(self)} tensors, {self.file_size / 2**20:.1f} MiB)"
+    def __repr__(self):
+        return f"SafetensorsFile({str(self.path)!r}, {len(self)} tensors, {self.file_size / 2**20:.1f} MiB)"
 
 # %% ../nbs/01_weights.ipynb #598444fe
 def _variant_tag(name: str) -> str | None:
-    "The variant a weight-file name carries (`fp16` in `model.fp16.safetensors`, `….index.fp16.json`, `….fp16-00001-of-…`)."
-    m = re.search(r"\.safetensors\.index\.([\w]+)\.json$", name) or re.search(r"\.([A-Za-z0-9_]+)(?:-\d{5}-of-\d{5})?\.safetensors$", name)
+    "The variant in a weight-file name: `fp16` in `model.fp16.safetensors`, `….index.fp16.json`, `….fp16-0000…`."
+    m = (re.search(r"\.safetensors\.index\.([\w]+)\.json$", name)
+         or re.search(r"\.([A-Za-z0-9_]+)(?:-\d{5}-of-\d{5})?\.safetensors$", name))
     return m.group(1) if m and not name.startswith(m.group(1) + ".") else None
 
 def select_weight_files(names: Iterable[str], variant: str | None = None) -> tuple[str | None, list[str]]:
-    "From file `names` of one folder, choose `(index_file_or_None, weight_files)` for `variant` (`None` = plain files)."
+    "From the file `names` of one folder, choose `(index_or_None, weight_files)` for `variant` (`None`: plain)."
     names = sorted(set(names))
     ok = lambda n: _variant_tag(n) == variant
     index = [n for n in names if n.endswith(".json") and ".safetensors.index" in n and ok(n)]
     if index:
         if len(index) > 1: index.sort(key=lambda n: not n.startswith(("diffusion_pytorch_model", "model")))
         return index[0], []
-    single = [n for n in names if n.endswith(".safetensors") and ok(n) and not re.search(r"-\d{5}-of-\d{5}", n)]
+    shard = lambda n: re.search(r"-\d{5}-of-\d{5}", n)
+    single = [n for n in names if n.endswith(".safetensors") and ok(n) and not shard(n)]
     if len(single) > 1:
         pref = [n for n in single if n.split(".")[0] in ("diffusion_pytorch_model", "model")]
         if len(pref) == 1: single = pref
@@ -118,14 +137,16 @@ def select_weight_files(names: Iterable[str], variant: str | None = None) -> tup
 
 # %% ../nbs/01_weights.ipynb #4ca379d9
 class CheckpointFiles:
-    "All tensors of a (possibly sharded) checkpoint: `name -> (SafetensorsFile, name in that file)`, validated from the headers."
+    "Every tensor of a (maybe sharded) checkpoint: `name -> (SafetensorsFile, name in it)`, checked from headers."
     def __init__(self, files: Iterable[str | Path]):
         self.files = [SafetensorsFile(p) for p in files]
         if not self.files: raise CheckpointError("no safetensors files given")
         self.where: dict[str, tuple[SafetensorsFile, str]] = {}
         for sf in self.files:
             for k in sf.keys():
-                if k in self.where: raise CheckpointError(f"tensor {k!r} is in both {self.where[k][0].path.name} and {sf.path.name}")
+                if k in self.where:
+                    raise CheckpointError(f"tensor {k!r} is in both {self.where[k][0].path.name} and "
+                                          f"{sf.path.name}")
                 self.where[k] = (sf, k)
 
     @classmethod
@@ -137,19 +158,14 @@ class CheckpointFiles:
         shards = sorted(set(weight_map.values()))
         missing = [s for s in shards if not (index_path.parent / s).is_file()]
         if missing:
-            raise FileNotFoundError(f"{index_path.name} lists {len(shards)} shards but {len(missing)} are missing from "
-                                    f"{index_path.parent}: {missing[:5]}. Download the missing shard(s) again.")
+            raise FileNotFoundError(f"{index_path.name} lists {len(shards)} shards but {len(missing)} are "
+                                    f"missing from {index_path.parent}: {missing[:5]}. Download them again.")
         self = cls(index_path.parent / s for s in shards)
         wrong = [k for k, s in weight_map.items() if k not in self.where or self.where[k][0].path.name != s]
-        if wrong: raise CheckpointError(f"{index_path.name}: {len(wrong)} tensor(s) are not in the shard the index names, e.g. {wrong[:3]}")
+        if wrong:
+            raise CheckpointError(f"{index_path.name}: {len(wrong)} tensor(s) are not in the shard the index "
+                                  f"names, e.g. {wrong[:3]}")
         return self
-
-    def renamed(self, renames: Mapping[str, str]) -> "CheckpointFiles":
-        "A view in which tensor `old` is called `renames[old]` (others keep their names); nothing is read."
-        view = object.__new__(type(self)); view.files = self.files
-        view.where = {renames.get(k, k): v for k, v in self.where.items()}
-        if len(view.where) != len(self.where): raise CheckpointError("renaming made two checkpoint tensors share a name")
-        return view
 
     def keys(self): return list(self.where)
     def __len__(self): return len(self.where)
@@ -157,40 +173,45 @@ class CheckpointFiles:
     def dtype(self, k): sf, name = self.where[k]; return sf.dtype(name)
     @property
     def nbytes(self): return sum(sf.nbytes(name) for sf, name in self.where.values())
-    def __repr__(self): return f"CheckpointFiles({len(self.files)} file(s), {len(self)} tensors, {self.nbytes / 2**20:.1f} MiB)"
+    def __repr__(self):
+        n, mib = len(self.files), self.nbytes / 2**20
+        return f"CheckpointFiles({n} file(s), {len(self)} tensors, {mib:.1f} MiB)"
 
-    def items(self, dtype: torch.dtype | None = None, device="cpu", keys: Iterable[str] | None = None, progress: bool = False,
-              mmap: bool = False):
-        "Yield `(name, tensor)` one at a time, cast to `dtype` (floating tensors only) and moved to `device`.\n\n        With `mmap=True`, CPU tensors that need no cast are zero-copy views of the file (pages read on first use)."
-        keys = list(self.where) if keys is None else list(keys)
-        device = get_device(device, check=False); dtype = get_dtype(dtype)
-        if mmap and device.type == "cpu":
-            todo = []
-            for k in keys:
-                sf, name = self.where[k]
-                same = dtype is None or not sf.dtype(name).is_floating_point or sf.dtype(name) == dtype
-                t = sf.view(name) if same else None
-                if t is None: todo.append(k)
-                else: yield k, t
-            keys = todo
-        by_file = {}
-        for k in keys: by_file.setdefault(self.where[k][0], []).append(k)
-        bar = tqdm(total=sum(self.where[k][0].nbytes(self.where[k][1]) for k in keys), unit="B", unit_scale=True,
-                   desc="loading", disable=not progress)
-        for sf, ks in by_file.items():
-            ks.sort(key=lambda k: sf.entries[self.where[k][1]]["data_offsets"][0])   # read each file front to back
-            with open(sf.path, "rb") as f:
-                for k in ks:
-                    t = sf.read(self.where[k][1], f)
-                    if dtype is not None and t.is_floating_point() and t.dtype != dtype: t = t.to(dtype)
-                    if device.type != "cpu": t = t.to(device)
-                    bar.update(sf.nbytes(self.where[k][1]))
-                    yield k, t
-        bar.close()
+# %% ../nbs/01_weights.ipynb #fd9d126e
+def _checkpoint_items(self, dtype: torch.dtype | None = None, device="cpu", keys: Iterable[str] | None = None,
+                      progress: bool = False, mmap: bool = False):
+    "Yield `(name, tensor)` one at a time, cast to `dtype` (floats only) on `device`; `mmap`: zero-copy views."
+    keys = list(self.where) if keys is None else list(keys)
+    device = get_device(device, check=False); dtype = get_dtype(dtype)
+    if mmap and device.type == "cpu":
+        todo = []
+        for k in keys:
+            sf, name = self.where[k]
+            same = dtype is None or not sf.dtype(name).is_floating_point or sf.dtype(name) == dtype
+            t = sf.view(name) if same else None
+            if t is None: todo.append(k)
+            else: yield k, t
+        keys = todo
+    by_file = {}
+    for k in keys: by_file.setdefault(self.where[k][0], []).append(k)
+    total = sum(self.where[k][0].nbytes(self.where[k][1]) for k in keys)
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc="loading", disable=not progress)
+    for sf, ks in by_file.items():
+        ks.sort(key=lambda k: sf.entries[self.where[k][1]]["data_offsets"][0])   # read the file front to back
+        with open(sf.path, "rb") as f:
+            for k in ks:
+                t = sf.read(self.where[k][1], f)
+                if dtype is not None and t.is_floating_point() and t.dtype != dtype: t = t.to(dtype)
+                if device.type != "cpu": t = t.to(device)
+                bar.update(sf.nbytes(self.where[k][1]))
+                yield k, t
+    bar.close()
+
+CheckpointFiles.items = _checkpoint_items
 
 # %% ../nbs/01_weights.ipynb #6a641286
 def find_checkpoint(path: str | Path, variant: str | None = None) -> CheckpointFiles:
-    "The checkpoint in `path`: a `.safetensors` file, an `*.index.json`, or a model folder (choosing files for `variant`)."
+    "The checkpoint at `path`: a `.safetensors` file, an `*.index.json`, or a model folder (files for `variant`)."
     path = Path(path)
     if path.suffix.lower() in _PICKLE_SUFFIXES: _refuse_pickle(path)
     if path.is_file():
@@ -208,24 +229,29 @@ def find_checkpoint(path: str | Path, variant: str | None = None) -> CheckpointF
     if pickles: _refuse_pickle(path / sorted(pickles)[0])
     raise FileNotFoundError(f"no .safetensors weights in {path} (files there: {sorted(names)[:10]})")
 
-def load_state_dict(path: str | Path, dtype=None, device="cpu", variant: str | None = None, progress: bool = False,
-                    mmap: bool = False) -> dict[str, torch.Tensor]:
-    "Read a whole checkpoint (file, index or folder; sharded or not) into a `dict`, cast to `dtype`, on `device`."
-    return dict(find_checkpoint(path, variant).items(dtype=dtype, device=device, progress=progress, mmap=mmap))
+def load_state_dict(path: str | Path, dtype=None, device="cpu", variant: str | None = None,
+                    progress: bool = False, mmap: bool = False) -> dict[str, torch.Tensor]:
+    "Read a whole checkpoint (file, index or folder; sharded or not) into a `dict` of `dtype` on `device`."
+    ckpt = find_checkpoint(path, variant)
+    return dict(ckpt.items(dtype=dtype, device=device, progress=progress, mmap=mmap))
 
 # %% ../nbs/01_weights.ipynb #7c8a7e13
-def _first(xs, n=5): xs = list(xs); return ", ".join(map(str, xs[:n])) + (f", … (+{len(xs) - n} more)" if len(xs) > n else "")
+def _first(xs, n=5):
+    xs = list(xs); return ", ".join(map(str, xs[:n])) + (f", … (+{len(xs) - n} more)" if len(xs) > n else "")
 
-def check_keys(model: nn.Module, ckpt: CheckpointFiles, ignore_unexpected: Iterable[str] = (), name: str | None = None) -> list[str]:
-    "Raise `CheckpointError` listing missing / unexpected / shape-mismatched keys; return the checkpoint keys to load."
+def check_keys(model: nn.Module, ckpt: CheckpointFiles, ignore_unexpected: Iterable[str] = (),
+               name: str | None = None) -> list[str]:
+    "Raise `CheckpointError` listing missing / unexpected / misshaped keys; return the checkpoint keys to load."
     expected = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
     pats = [re.compile(p) for p in ignore_unexpected]
     keys = [k for k in ckpt.keys() if not (k not in expected and any(p.search(k) for p in pats))]
     missing = sorted(set(expected) - set(keys)); unexpected = sorted(set(keys) - set(expected))
-    shapes = [f"{k}: checkpoint {ckpt.shape(k)} vs model {expected[k]}" for k in keys if k in expected and ckpt.shape(k) != expected[k]]
+    shapes = [f"{k}: checkpoint {ckpt.shape(k)} vs model {expected[k]}"
+              for k in keys if k in expected and ckpt.shape(k) != expected[k]]
     if missing or unexpected or shapes:
         what = name or type(model).__name__
-        lines = [f"the checkpoint does not fit {what} ({len(expected)} tensors expected, {len(keys)} in the checkpoint):"]
+        lines = [f"the checkpoint does not fit {what} ({len(expected)} tensors expected, "
+                 f"{len(keys)} in the checkpoint):"]
         if missing: lines.append(f"  {len(missing)} missing: {_first(missing)}")
         if unexpected: lines.append(f"  {len(unexpected)} unexpected: {_first(unexpected)}")
         if shapes: lines.append(f"  {len(shapes)} with the wrong shape: {_first(shapes, 3)}")
@@ -233,10 +259,11 @@ def check_keys(model: nn.Module, ckpt: CheckpointFiles, ignore_unexpected: Itera
         raise CheckpointError("\n".join(lines))
     return keys
 
-def load_weights(model: nn.Module, path: str | Path | CheckpointFiles, strict: bool = True, dtype=None, device="cpu",
-                 variant: str | None = None, ignore_unexpected: Iterable[str] = (), progress: bool = False,
-                 mmap: bool = True) -> nn.Module:
-    "Load a safetensors checkpoint into `model`: adopted as-is if `model` is on `meta`, copied in place otherwise.\n\n    On the CPU with no dtype cast, `mmap=True` adopts zero-copy views of the file (read on first use).\n    A model may declare `_ignore_unexpected_keys` (regexes) and `_checkpoint_renames(keys) -> {old: new}`."
+# %% ../nbs/01_weights.ipynb #65524b6b
+def load_weights(model: nn.Module, path: str | Path | CheckpointFiles, strict: bool = True, dtype=None,
+                 device="cpu", variant: str | None = None, ignore_unexpected: Iterable[str] = (),
+                 progress: bool = False, mmap: bool = True) -> nn.Module:
+    "Load safetensors weights into `model`: adopted if `model` is on `meta`, copied in place otherwise."
     ckpt = path if isinstance(path, CheckpointFiles) else find_checkpoint(path, variant)
     renames = model._checkpoint_renames(ckpt.keys()) if hasattr(model, "_checkpoint_renames") else {}
     if renames: ckpt = ckpt.renamed(renames)
@@ -244,22 +271,35 @@ def load_weights(model: nn.Module, path: str | Path | CheckpointFiles, strict: b
     if strict: keys = check_keys(model, ckpt, ignore_unexpected)
     else: keys = [k for k in ckpt.keys() if k in model.state_dict(keep_vars=True)]
     on_meta = any(t.is_meta for t in model.state_dict(keep_vars=True).values())
-    sd = dict(ckpt.items(dtype=dtype, device=device if on_meta else "cpu", keys=keys, progress=progress, mmap=mmap))
+    target = device if on_meta else "cpu"
+    sd = dict(ckpt.items(dtype=dtype, device=target, keys=keys, progress=progress, mmap=mmap))
     model.load_state_dict(sd, strict=strict, assign=on_meta)
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if left:
-        raise CheckpointError(f"{type(model).__name__}: {len(left)} tensor(s) were not in the checkpoint and are still on "
-                              f"the meta device: {_first(left)}. (Non-persistent buffers must be computed in forward.)")
+        raise CheckpointError(f"{type(model).__name__}: {len(left)} tensor(s) were not in the checkpoint and "
+                              f"are still on the meta device: {_first(left)}. (Non-persistent buffers must be "
+                              f"computed in forward.)")
     return model
+
+# %% ../nbs/01_weights.ipynb #d1556f7b
+def _renamed(self, renames: Mapping[str, str]) -> CheckpointFiles:
+    "A view in which tensor `old` is called `renames[old]` (others keep their names); nothing is read."
+    view = object.__new__(type(self)); view.files = self.files
+    view.where = {renames.get(k, k): v for k, v in self.where.items()}
+    if len(view.where) != len(self.where): raise CheckpointError("renaming made two checkpoint tensors share a name")
+    return view
+
+CheckpointFiles.renamed = _renamed
 
 # %% ../nbs/01_weights.ipynb #ff6cd65e
 def config_dataclass(dc_type, config: Mapping, name: str | None = None):
-    "Build dataclass `dc_type` from a reference `config` dict: drop `_private` and `dc_type._ignored_keys`, warn on unknown keys."
+    "Dataclass `dc_type` from a reference `config` dict: drop `_private` and `_ignored_keys`, warn on unknown."
     if not isinstance(config, Mapping): raise TypeError(f"config must be a dict, got {type(config).__name__}")
     fields = {f.name: f for f in dataclasses.fields(dc_type)}
     ignored = set(getattr(dc_type, "_ignored_keys", ()))
     unknown = [k for k in config if k not in fields and not k.startswith("_") and k not in ignored]
-    if unknown: warnings.warn(f"{name or dc_type.__name__}: ignoring config keys it does not use: {sorted(unknown)}")
+    if unknown: warnings.warn(f"{name or dc_type.__name__}: ignoring config keys it does not use: "
+                              f"{sorted(unknown)}")
     kw = {}
     for k, v in config.items():
         if k not in fields: continue
@@ -274,18 +314,19 @@ def _read_json(path: Path) -> dict:
 
 # %% ../nbs/01_weights.ipynb #6921c775
 class ConfigMapping(Mapping):
-    "Mixin for config dataclasses: read-only mapping access (`cfg['key']`, `dict(cfg)`, `**cfg`) beside `cfg.key`."
+    "Mixin for config dataclasses: read-only mapping access (`cfg['key']`, `dict(cfg)`, `**cfg`) and `cfg.key`."
     def __getitem__(self, key: str):
         if isinstance(key, str) and key in self.__dataclass_fields__: return getattr(self, key)
         raise KeyError(key)
     def __iter__(self): return iter(f.name for f in dataclasses.fields(self))
     def __len__(self) -> int: return len(dataclasses.fields(self))
 
-    def to_json_dict(self, class_name: str | None = None, library: str = "diffusers", version: str = "0.42.1") -> dict:
-        "The fields as JSON-ready values (tuples become lists); with `class_name`, led by the keys the reference reads."
+    def to_json_dict(self, class_name: str | None = None, library: str = "diffusers", version: str = "0.42.1"):
+        "The fields as JSON values (tuples become lists); with `class_name`, led by the keys the reference reads."
         as_json = lambda v: [as_json(x) for x in v] if isinstance(v, (tuple, list)) else v
-        head = {} if class_name is None else ({"_class_name": class_name, f"_{library}_version": version} if library == "diffusers"
-                                              else {"architectures": [class_name], "transformers_version": version})
+        if class_name is None: head = {}
+        elif library == "diffusers": head = {"_class_name": class_name, "_diffusers_version": version}
+        else: head = {"architectures": [class_name], "transformers_version": version}
         return {**head, **{k: as_json(v) for k, v in self.items()}}
 
 # %% ../nbs/01_weights.ipynb #468b107f
@@ -295,7 +336,8 @@ def _offline() -> bool:
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 _AUX = ("*.json", "*.txt", "*.model", "*.gz")          # configs, tokenizer files
 
-def _component_patterns(subfolder: str | None, names: list[str] | None, variant: str | None, weights: bool) -> list[str]:
+def _component_patterns(subfolder: str | None, names: list[str] | None, variant: str | None,
+                        weights: bool) -> list[str]:
     pre = f"{subfolder.strip('/')}/" if subfolder else ""
     pats = [pre + p for p in _AUX] + ["model_index.json"]
     if weights:
@@ -312,30 +354,38 @@ def _component_patterns(subfolder: str | None, names: list[str] | None, variant:
             pats += [pre + s for s in singles]
     return pats
 
+# %% ../nbs/01_weights.ipynb #f2f9d330
 def _offline_message(repo_id, subfolder, patterns, why):
     inc = " ".join(f"--include '{p}'" for p in patterns if p != "model_index.json")
-    return (f"{repo_id!r}{f' (subfolder {subfolder!r})' if subfolder else ''} is not in the local Hugging Face cache "
-            f"and {why}. Needed files: {patterns}. Get them on a machine with network access, e.g.\n"
-            f"    huggingface-cli download {repo_id} {inc}\n"
-            f"then copy the cache (~/.cache/huggingface/hub) here, or pass a local folder instead of the repo id "
-            f"(or allow downloads: unset HF_HUB_OFFLINE / pass local_files_only=False).")
+    where = f" (subfolder {subfolder!r})" if subfolder else ""
+    return (f"{repo_id!r}{where} is not in the local Hugging Face cache and {why}.\n"
+            f"Get the files on a machine with network access:\n"
+            f"    hf download {repo_id} {inc}\n"
+            f"then copy the cache (~/.cache/huggingface/hub) here, or pass a local folder instead of the repo "
+            f"id, or allow downloads (unset HF_HUB_OFFLINE / pass local_files_only=False).")
 
+def _local_dir(p: Path, subfolder: str | None) -> Path:
+    "`p/subfolder` of an existing local path, or a clear error."
+    if not p.is_dir(): raise ValueError(f"path_or_repo_id={str(p)!r} is a file; pass the model folder")
+    d = p / subfolder if subfolder else p
+    if not d.is_dir():
+        subs = sorted(q.name for q in p.iterdir() if q.is_dir())
+        raise FileNotFoundError(f"{p} has no subfolder {subfolder!r}; it has: {subs}")
+    return d
+
+# %% ../nbs/01_weights.ipynb #8b0e02d5
 def resolve_model_dir(path_or_repo_id: str | Path, subfolder: str | None = None, variant: str | None = None,
-                      local_files_only: bool | None = None, revision: str | None = None, weights: bool = True) -> Path:
-    "Local folder for `path_or_repo_id`/`subfolder`: a local path, the Hub cache, or a download of just that component."
+                      local_files_only: bool | None = None, revision: str | None = None,
+                      weights: bool = True) -> Path:
+    "Local folder of `path_or_repo_id`/`subfolder`: a local path, the Hub cache, or a download of that part."
     if not isinstance(path_or_repo_id, (str, Path)):
         raise TypeError(f"path_or_repo_id must be a str or Path, got {type(path_or_repo_id).__name__}")
     p = Path(path_or_repo_id).expanduser()
-    if p.exists():
-        if not p.is_dir(): raise ValueError(f"path_or_repo_id={str(p)!r} is a file; pass the model folder")
-        d = p / subfolder if subfolder else p
-        if not d.is_dir():
-            subs = sorted(q.name for q in p.iterdir() if q.is_dir())
-            raise FileNotFoundError(f"{p} has no subfolder {subfolder!r}; it has: {subs}")
-        return d
+    if p.exists(): return _local_dir(p, subfolder)
     s = str(path_or_repo_id)
     if not _REPO_ID.match(s) or s.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"path_or_repo_id={s!r} is neither an existing folder nor a Hub repo id like 'owner/name'")
+        raise FileNotFoundError(f"path_or_repo_id={s!r} is neither an existing folder nor a Hub repo id "
+                                f"like 'owner/name'")
     from huggingface_hub import snapshot_download, list_repo_files
     from huggingface_hub.errors import LocalEntryNotFoundError
     offline = _offline() if local_files_only is None else bool(local_files_only)
@@ -346,40 +396,53 @@ def resolve_model_dir(path_or_repo_id: str | Path, subfolder: str | None = None,
         if d.is_dir() and (not weights or any(d.glob("*.safetensors"))): return d
     except LocalEntryNotFoundError: pass
     if offline:
-        raise FileNotFoundError(_offline_message(s, subfolder, pats, "downloads are off (HF_HUB_OFFLINE=1 or local_files_only=True)"))
+        why = "downloads are off (HF_HUB_OFFLINE=1 or local_files_only=True)"
+        raise FileNotFoundError(_offline_message(s, subfolder, pats, why))
     try:                                                                  # 2. download just this component
         names = list_repo_files(s, revision=revision)
         pats = _component_patterns(subfolder, names, variant, weights)
         snap = Path(snapshot_download(s, revision=revision, allow_patterns=pats))
     except Exception as e:
-        raise FileNotFoundError(_offline_message(s, subfolder, pats, f"downloading failed ({type(e).__name__}: {str(e)[:200]})")) from e
+        why = f"downloading failed ({type(e).__name__}: {str(e)[:200]})"
+        raise FileNotFoundError(_offline_message(s, subfolder, pats, why)) from e
     return snap / subfolder if subfolder else snap
 
+# %% ../nbs/01_weights.ipynb #f2bc7053
 def load_config(path_or_repo_id: str | Path, subfolder: str | None = None, filename: str = "config.json",
                 local_files_only: bool | None = None, revision: str | None = None) -> dict:
-    "Read `filename` (e.g. `config.json`, `scheduler_config.json`, `model_index.json`) of a model folder or Hub repo."
+    "Read `filename` (`config.json`, `scheduler_config.json`, `model_index.json`, …) of a folder or Hub repo."
     p = Path(path_or_repo_id)
     if p.is_file(): return _read_json(p)
-    d = resolve_model_dir(path_or_repo_id, subfolder, local_files_only=local_files_only, revision=revision, weights=False)
-    if not (d / filename).is_file(): raise FileNotFoundError(f"no {filename} in {d} (files there: {sorted(q.name for q in d.iterdir())[:10]})")
+    d = resolve_model_dir(path_or_repo_id, subfolder, local_files_only=local_files_only, revision=revision,
+                          weights=False)
+    if not (d / filename).is_file():
+        raise FileNotFoundError(f"no {filename} in {d} (files there: "
+                                f"{sorted(q.name for q in d.iterdir())[:10]})")
     return _read_json(d / filename)
 
-def load_model_index(path_or_repo_id: str | Path, local_files_only: bool | None = None, revision: str | None = None) -> dict[str, tuple[str, str]]:
-    "A pipeline's `model_index.json` as `{component: (library, class_name)}` (entries with null classes dropped)."
-    idx = load_config(path_or_repo_id, filename="model_index.json", local_files_only=local_files_only, revision=revision)
-    return {k: tuple(v) for k, v in idx.items() if not k.startswith("_") and isinstance(v, list) and v[0] is not None}
+def load_model_index(path_or_repo_id: str | Path, local_files_only: bool | None = None,
+                     revision: str | None = None) -> dict[str, tuple[str, str]]:
+    "A pipeline's `model_index.json` as `{component: (library, class_name)}` (null classes dropped)."
+    idx = load_config(path_or_repo_id, filename="model_index.json", local_files_only=local_files_only,
+                      revision=revision)
+    return {k: tuple(v) for k, v in idx.items()
+            if not k.startswith("_") and isinstance(v, list) and v[0] is not None}
 
 # %% ../nbs/01_weights.ipynb #47d7ccf6
 def load_pretrained(cls, path_or_repo_id: str | Path, subfolder: str | None = None, dtype=None, device="cpu",
                     variant: str | None = None, local_files_only: bool | None = None, strict: bool = True,
-                    revision: str | None = None, config: dict | None = None, progress: bool = False, mmap: bool = True):
-    "Build `cls.from_config(config.json)` on `meta` and load its safetensors weights (strict keys, one copy in memory)."
+                    revision: str | None = None, config: dict | None = None, progress: bool = False,
+                    mmap: bool = True):
+    "Build `cls.from_config(config.json)` on `meta`, then load its safetensors weights (strict, one copy)."
     device = get_device(device); dtype = get_dtype(dtype)
-    d = resolve_model_dir(path_or_repo_id, subfolder, variant=variant, local_files_only=local_files_only, revision=revision)
+    d = resolve_model_dir(path_or_repo_id, subfolder, variant=variant, local_files_only=local_files_only,
+                          revision=revision)
     if config is None:
-        if not (d / "config.json").is_file(): raise FileNotFoundError(f"no config.json in {d}: is {subfolder or 'this'} a model component folder?")
+        if not (d / "config.json").is_file():
+            raise FileNotFoundError(f"no config.json in {d}: is {subfolder or 'this'} a model component "
+                                    "folder?")
         config = _read_json(d / "config.json")
-    ckpt = find_checkpoint(d, variant)                                    # headers only: cheap, validates files
+    ckpt = find_checkpoint(d, variant)                              # headers only: cheap, validates the files
     with torch.device("meta"): model = cls.from_config(config)
     load_weights(model, ckpt, strict=strict, dtype=dtype, device=device, progress=progress, mmap=mmap)
     return model.eval()
@@ -388,11 +451,12 @@ class FromPretrained:
     "Mixin giving a model class with `from_config(dict)` the classmethod `from_pretrained`."
     _ignore_unexpected_keys: tuple = ()
     @classmethod
-    def from_pretrained(cls, path_or_repo_id: str | Path, subfolder: str | None = None, dtype=None, device="cpu",
-                        variant: str | None = None, local_files_only: bool | None = None, **kwargs):
+    def from_pretrained(cls, path_or_repo_id: str | Path, subfolder: str | None = None, dtype=None,
+                        device="cpu", variant: str | None = None, local_files_only: bool | None = None,
+                        **kwargs):
         "Load from a local folder or Hub repo id (see `load_pretrained`)."
-        return load_pretrained(cls, path_or_repo_id, subfolder=subfolder, dtype=dtype, device=device, variant=variant,
-                               local_files_only=local_files_only, **kwargs)
+        return load_pretrained(cls, path_or_repo_id, subfolder=subfolder, dtype=dtype, device=device,
+                               variant=variant, local_files_only=local_files_only, **kwargs)
 
 # %% ../nbs/01_weights.ipynb #45472efa
 _WEIGHTS_NAME = {"diffusers": "diffusion_pytorch_model.safetensors", "transformers": "model.safetensors"}
@@ -401,15 +465,18 @@ def save_model(model: nn.Module, path: str | Path, overwrite: bool = False) -> P
     "Write `model` to folder `path` as `config.json` + safetensors weights, in its reference library's layout."
     from safetensors.torch import save_file
     library = getattr(model, "_library", "diffusers")
-    config = model._config_json() if hasattr(model, "_config_json") else model.config.to_json_dict(type(model).__name__, library)
+    if hasattr(model, "_config_json"): config = model._config_json()
+    else: config = model.config.to_json_dict(type(model).__name__, library)
     path = Path(path); files = [path / "config.json", path / _WEIGHTS_NAME[library]]
     there = [f.name for f in files if f.exists()]
     if there and not overwrite:
-        raise FileExistsError(f"{path} already holds {there}; pass overwrite=True to replace them, or choose a new folder")
+        raise FileExistsError(f"{path} already holds {there}; pass overwrite=True to replace them, or choose "
+                              "a new folder")
     sd = model.state_dict()
-    if any(t.is_meta for t in sd.values()): raise ValueError("the model still has tensors on the meta device: load weights first")
+    if any(t.is_meta for t in sd.values()):
+        raise ValueError("the model still has tensors on the meta device: load weights first")
     seen, out = set(), {}
-    for k, v in sd.items():                       # safetensors refuses tensors that share memory: copy the aliases
+    for k, v in sd.items():                       # safetensors refuses tensors sharing memory: copy the aliases
         key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), v.dtype)
         out[k] = v.detach().clone().contiguous() if key in seen else v.detach().contiguous(); seen.add(key)
     path.mkdir(parents=True, exist_ok=True)
@@ -425,13 +492,14 @@ FromPretrained.save_pretrained = _save_pretrained
 
 # %% ../nbs/01_weights.ipynb #6cc156e1
 def convert_to_safetensors(src: str | Path, dst: str | Path | None = None, overwrite: bool = False) -> Path:
-    "Convert a pickle checkpoint (`.bin`/`.pt`/`.ckpt`) to `.safetensors` with `torch.load(weights_only=True)`."
+    "Convert a pickle checkpoint (`.bin`/`.pt`/`.ckpt`) to `.safetensors` via `torch.load(weights_only=True)`."
     from safetensors.torch import save_file
     src = Path(src); dst = Path(dst) if dst is not None else src.with_suffix(".safetensors")
     if not src.is_file(): raise FileNotFoundError(f"{src} does not exist")
-    if dst.exists() and not overwrite: raise FileExistsError(f"{dst} already exists; pass overwrite=True to replace it")
+    if dst.exists() and not overwrite:
+        raise FileExistsError(f"{dst} already exists; pass overwrite=True to replace it")
     obj = torch.load(src, map_location="cpu", weights_only=True)
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict): obj = obj["state_dict"]
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict): obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{src} does not hold a flat dict of tensors; cannot convert it")
     seen, out = {}, {}

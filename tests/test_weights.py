@@ -93,7 +93,7 @@ def test_pickle_refused(tmp_path):
 def test_absent_repo_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     _fast(lambda: resolve_model_dir("someone/not-a-real-model-xyz", subfolder="unet"), FileNotFoundError,
-          "huggingface-cli download someone/not-a-real-model-xyz")
+          "hf download someone/not-a-real-model-xyz")
     monkeypatch.delenv("HF_HUB_OFFLINE")
     _fast(lambda: resolve_model_dir("someone/not-a-real-model-xyz", local_files_only=True), FileNotFoundError, "not in the local")
 
