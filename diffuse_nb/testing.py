@@ -18,7 +18,8 @@ __all__ = ['max_abs_err', 'check_parity', 'randomize_', 'temp_dir', 'save_refere
 def _flatten(x, path="") -> list[tuple[str, torch.Tensor]]:
     if isinstance(x, torch.Tensor): return [(path, x)]
     if hasattr(x, "__dataclass_fields__"): x = {k: getattr(x, k) for k in x.__dataclass_fields__}
-    if isinstance(x, dict): return [p for k, v in x.items() if v is not None for p in _flatten(v, f"{path}.{k}")]
+    if isinstance(x, dict):
+        return [p for k, v in x.items() if v is not None for p in _flatten(v, f"{path}.{k}")]
     if isinstance(x, (list, tuple)): return [p for i, v in enumerate(x) for p in _flatten(v, f"{path}[{i}]")]
     raise TypeError(f"cannot compare objects of type {type(x).__name__} (at {path or 'top level'})")
 
@@ -28,7 +29,9 @@ def max_abs_err(a, b) -> float:
     if len(fa) != len(fb): raise AssertionError(f"structures differ: {len(fa)} tensors vs {len(fb)}")
     err = 0.0
     for (pa, ta), (_, tb) in zip(fa, fb):
-        if tuple(ta.shape) != tuple(tb.shape): raise AssertionError(f"shape mismatch{' at ' + pa if pa else ''}: {tuple(ta.shape)} vs {tuple(tb.shape)}")
+        if tuple(ta.shape) != tuple(tb.shape):
+            where = f" at {pa}" if pa else ""
+            raise AssertionError(f"shape mismatch{where}: {tuple(ta.shape)} vs {tuple(tb.shape)}")
         if ta.numel():
             d = (ta.detach().double().cpu() - tb.detach().double().cpu()).abs().max().item()
             if d != d: return float("nan")                   # a NaN anywhere is a failure, not a small error
@@ -36,16 +39,17 @@ def max_abs_err(a, b) -> float:
     return err
 
 def check_parity(ours, ref, atol: float = 1e-4, name: str = "") -> float:
-    "Print `name: max|Δ| = … (atol …)` for `ours` vs `ref`; raise `AssertionError` if over `atol` (or not finite)."
+    "Print `name: max|Δ| = … (atol …)` for `ours` vs `ref`; raise `AssertionError` if over `atol` or not finite."
     err = max_abs_err(ours, ref)
     print(f"{name + ': ' if name else ''}max|Δ| = {err:.3g} (atol {atol:.0e})")
-    if not err <= atol: raise AssertionError(f"{name or 'parity'}: max|Δ| = {err:.3g} exceeds atol {atol:.0e}")
+    if not err <= atol:
+        raise AssertionError(f"{name or 'parity'}: max|Δ| = {err:.3g} exceeds atol {atol:.0e}")
     return err
 
 # %% ../nbs/02_testing.ipynb #541605f2
 @torch.no_grad()
 def randomize_(module: nn.Module, std: float = 0.05, seed: int = 0) -> nn.Module:
-    "Fill every parameter of `module` with seeded N(0, std²) noise (norm weights N(1, std²)); returns `module`."
+    "Fill every parameter of `module` with seeded N(0, std²) noise (norm weights N(1, std²)); return `module`."
     g = torch.Generator("cpu").manual_seed(seed)
     for name, p in module.named_parameters():
         noise = torch.randn(p.shape, generator=g, dtype=torch.float32) * std
@@ -62,17 +66,18 @@ def temp_dir(prefix: str = "diffuse_nb_") -> Path:
     d = tempfile.mkdtemp(prefix=prefix); _TMPDIRS.append(d); return Path(d)
 
 def save_reference(obj, path: str | Path | None = None, **save_kwargs) -> Path:
-    "`obj.save_pretrained(path)` with safetensors into `path` (default: a fresh temp dir); returns the folder."
+    "`obj.save_pretrained(path)` with safetensors into `path` (default: a fresh temp dir); return the folder."
     path = Path(path) if path is not None else temp_dir()
     obj.save_pretrained(path, safe_serialization=True, **save_kwargs)
     return path
 
 # %% ../nbs/02_testing.ipynb #1bd9598a
 def tiny_unet_config(kind: str = "sd", **kw) -> dict:
-    "Config of a tiny diffusers `UNet2DConditionModel`: `kind='sd'` (conv proj_in) or `'sdxl'` (text_time, linear proj, depth 2)."
-    cfg = dict(block_out_channels=(32, 64), layers_per_block=1, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-               up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32, attention_head_dim=8,
-               norm_num_groups=32, sample_size=32, in_channels=4, out_channels=4)
+    "Tiny diffusers `UNet2DConditionModel` config: `kind='sd'` (conv proj_in) or `'sdxl'` (text_time, depth 2)."
+    cfg = dict(block_out_channels=(32, 64), layers_per_block=1,
+               down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+               up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+               attention_head_dim=8, norm_num_groups=32, sample_size=32, in_channels=4, out_channels=4)
     if kind == "sdxl":
         cfg.update(attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
                    addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
@@ -86,10 +91,12 @@ def tiny_unet(kind: str = "sd", seed: int = 0, **kw):
     torch.manual_seed(seed)
     return randomize_(UNet2DConditionModel(**tiny_unet_config(kind, **kw)), seed=seed).eval()
 
+# %% ../nbs/02_testing.ipynb #8d9705a2
 def tiny_vae_config(**kw) -> dict:
     "Config of a tiny diffusers `AutoencoderKL`."
     cfg = dict(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
-               up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=32, sample_size=32)
+               up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=32,
+               sample_size=32)
     cfg.update(kw); return cfg
 
 def tiny_vae(seed: int = 0, **kw):
@@ -100,8 +107,9 @@ def tiny_vae(seed: int = 0, **kw):
 
 def tiny_clip_config(**kw) -> dict:
     "Keyword arguments of a tiny transformers `CLIPTextConfig` (real CLIP vocabulary size and special ids)."
-    cfg = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=49408,
-               max_position_embeddings=77, projection_dim=32, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+    cfg = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+               vocab_size=49408, max_position_embeddings=77, projection_dim=32, bos_token_id=49406,
+               eos_token_id=49407, pad_token_id=49407)
     cfg.update(kw); return cfg
 
 def tiny_clip(with_projection: bool = False, seed: int = 0, **kw):
