@@ -33,6 +33,7 @@ def default_device() -> torch.device:
     if torch.cuda.is_available(): return torch.device("cuda")
     return torch.device("mps") if _has_mps() else torch.device("cpu")
 
+# %% ../nbs/00_core.ipynb #669f6efd
 def _check_device_exists(dev: torch.device):
     "Raise `ValueError` if `dev` is not on this machine, listing what is."
     here = _available_devices()
@@ -73,7 +74,7 @@ _DTYPE_NAMES = {
 }
 
 def get_dtype(dtype: str | torch.dtype | None, default: torch.dtype | None = None) -> torch.dtype | None:
-    "Parse `dtype` (`'float16'`, `'fp16'`, `'half'`, `'bf16'`, `'fp32'`, … or a `torch.dtype`); `None`: default."
+    "Parse `dtype` (`'float16'`, `'fp16'`, `'half'`, `'bf16'`, `'fp32'`, …, a `torch.dtype`); `None`: default."
     if dtype is None: return default
     if isinstance(dtype, torch.dtype): return dtype
     if isinstance(dtype, str):
