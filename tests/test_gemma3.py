@@ -104,13 +104,13 @@ def test_multimodal_checkpoint_sharded_and_prefixes():
         assert max_abs_err(ours(ids, attention_mask=am, output_hidden_states=True).hidden_states, r) <= 1e-4
     sd = load_state_dict(path)
     assert any(k.startswith("vision_tower.") for k in sd) and any(k.startswith("language_model.model.") for k in sd)
-    v4_57 = {re.sub(r"^(language_model\.model|vision_tower|multi_modal_projector)\.",
+    v4_late = {re.sub(r"^(language_model\.model|vision_tower|multi_modal_projector)\.",
                     lambda m: "model.language_model." if m[1] == "language_model.model" else f"model.{m[1]}.", k): v
-             for k, v in sd.items()}                                # transformers 4.52-4.57 layout
+             for k, v in sd.items()}                                # late transformers 4 layout
     causal_lm = {"model." + k[len("language_model.model."):]: v for k, v in sd.items()
                  if k.startswith("language_model.model.")}         # a Gemma3ForCausalLM
-    assert any(k.startswith("model.vision_tower.") for k in v4_57)
-    for renamed in (v4_57, causal_lm):
+    assert any(k.startswith("model.vision_tower.") for k in v4_late)
+    for renamed in (v4_late, causal_lm):
         d = temp_dir()
         (d / "config.json").write_text((path / "config.json").read_text())
         save_file(renamed, d / "model.safetensors")
