@@ -252,14 +252,10 @@ def test_attention_masks_shapes_and_fast_path():
 # ---- LTX-2 prompt encoding
 @pytest.fixture(scope="module")
 def tokenizers():
-    from tokenizers import Tokenizer
-    from transformers import GemmaTokenizer
-    from diffuse_nb.bpe_tokenizer import BPETokenizer, train_reference_bpe
-    d = temp_dir()
-    ref = GemmaTokenizer(tokenizer_object=Tokenizer.from_file(str(train_reference_bpe(d / "t.json", 512,
-                                                                                         style="gemma"))))
-    ref.save_pretrained(d / "tokenizer")
-    return BPETokenizer.from_pretrained(d / "tokenizer"), ref
+    from transformers import AutoTokenizer
+    from diffuse_nb.bpe_tokenizer import BPETokenizer, make_gemma_style_tokenizer
+    d = make_gemma_style_tokenizer(temp_dir() / "tokenizer", vocab_size=512)
+    return BPETokenizer.from_pretrained(d), AutoTokenizer.from_pretrained(d)
 
 
 def test_encode_prompts_matches_ltx2_pipeline(tokenizers):
