@@ -259,6 +259,19 @@ def _encode_body(self, text: str) -> list[int]:
 def _decode_tokens(self, tokens: list[str]) -> str:
     return "".join(self._decoder(tokens)) if self._decoder else " ".join(tokens)
 
+# %% ../nbs/04_bpe_tokenizer.ipynb #7aaa25b4
+def _bpe_getstate(self) -> dict:
+    return {k: v for k, v in self.__dict__.items() if k not in ("_normalize", "_pre", "_decoder", "added")}
+
+def _bpe_setstate(self, state: dict) -> None:
+    self.__dict__.update(state)
+    self._normalize = make_normalizer(self._specs["normalizer"])
+    self._pre = make_pre_tokenizer(self._specs["pre_tokenizer"])
+    self._decoder = make_decoder(self._specs["decoder"])
+    self._refresh()
+
+BPETokenizer.__getstate__, BPETokenizer.__setstate__ = _bpe_getstate, _bpe_setstate
+
 # %% ../nbs/04_bpe_tokenizer.ipynb #efe943c4
 @patch_to(BPETokenizer, cls_method=True)
 def from_tokenizer_json(cls, j: dict, where: str = "tokenizer.json", **kwargs) -> BPETokenizer:

@@ -192,3 +192,12 @@ def test_bad_construction_and_loading(tmp_path):
     with pytest.raises(ValueError, match=r"needs a pad token"): t(["a", "aa"], padding="longest")
     assert t("a", padding="max_length").input_ids == [0]                 # no length limit: nothing to pad to
     with pytest.raises(ValueError, match=r"style='x' is not supported"): train_reference_bpe(tmp_path / "t.json", style="x")
+
+
+def test_pickle_and_deepcopy(gemma_dir):
+    import copy, pickle
+    t = BPETokenizer.from_pretrained(gemma_dir)
+    t.add_tokens(["<new>"])
+    for u in (pickle.loads(pickle.dumps(t)), copy.deepcopy(t)):
+        assert u(SP_CORPUS[:30], padding=True) == t(SP_CORPUS[:30], padding=True) and u.padding_side == "left"
+        assert u.decode(u.encode("a <new> cat")) == t.decode(t.encode("a <new> cat"))
