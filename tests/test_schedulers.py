@@ -1,12 +1,14 @@
-"Parity sweeps of diffuse_nb.schedulers against diffusers, plus bad-input and loading checks (all fast, CPU)."
+"""Parity sweeps of diffuse_nb.schedulers (DDIM, Euler) and flow matching against diffusers over whole trajectories,
+plus bad-input and loading checks (all fast, CPU)."""
 import itertools, json, warnings
 
 import numpy as np
 import pytest
 import torch
 
-from diffuse_nb.schedulers import (DDIMScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler, calculate_shift,
-                                   compare_schedulers, karras_sigmas, rescale_zero_terminal_snr, make_betas, spaced_timesteps)
+from diffuse_nb.schedulers import (DDIMScheduler, EulerDiscreteScheduler, karras_sigmas, rescale_zero_terminal_snr,
+                                   make_betas, spaced_timesteps)
+from diffuse_nb.samplers import FlowMatchEulerDiscreteScheduler, calculate_shift, compare_schedulers
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers import DDIMScheduler as RefDDIM, EulerDiscreteScheduler as RefEuler, FlowMatchEulerDiscreteScheduler as RefFlow
@@ -14,7 +16,7 @@ from diffusers import DDIMScheduler as RefDDIM, EulerDiscreteScheduler as RefEul
 ATOL = 1e-6
 
 
-COLS = ("timesteps", "sigmas", "model_input", "prev_sample", "pred_original_sample")
+COLS = ("timesteps", "sigmas", "init_noise_sigma", "model_input", "prev_sample", "pred_original_sample")
 
 
 def check(ours, ref, n, label, **kw):
@@ -22,6 +24,7 @@ def check(ours, ref, n, label, **kw):
     print(f"{label}: " + ", ".join(f"{k} {errs[k]:.1e}" for k in COLS))
     assert errs["timesteps_equal"], (label, errs)                  # integer and float timesteps: bit-equal
     for k in COLS: assert errs[k] <= ATOL, (label, k, errs)
+    assert errs["steps"] == len(ref.timesteps) or kw.get("n_steps"), errs   # the whole trajectory was compared
     return errs
 
 
@@ -118,11 +121,13 @@ def test_flow_custom_timesteps_and_stochastic():
     check(FlowMatchEulerDiscreteScheduler(**kw), RefFlow(**kw), 10, "Flow stochastic", noise="generator")
 
 
-def test_flow_pred_original_sample():
-    s = FlowMatchEulerDiscreteScheduler(shift=3.0); s.set_timesteps(5)
+def test_flow_output_fields_match_diffusers():
+    s, r = FlowMatchEulerDiscreteScheduler(shift=3.0), RefFlow(shift=3.0)
+    s.set_timesteps(5); r.set_timesteps(5)
     x, v = torch.randn(2, 3), torch.randn(2, 3)
-    out = s.step(v, s.timesteps[0], x)
-    assert torch.equal(out.pred_original_sample, x - s.sigmas[0] * v)
+    out, ref = s.step(v, s.timesteps[0], x), r.step(v, r.timesteps[0], x)
+    assert list(out) == list(ref) == ["prev_sample"] and torch.equal(out[0], ref[0])
+    assert torch.equal(out.prev_sample, x + (s.sigmas[1] - s.sigmas[0]) * v)
 
 
 def test_parity_check_is_not_vacuous():
@@ -223,15 +228,13 @@ BAD = [
     (lambda: EulerDiscreteScheduler(interpolation_type="cubic"), "interpolation_type='cubic'"),
     (lambda: EulerDiscreteScheduler(final_sigmas_type="one"), "final_sigmas_type='one'"),
     (lambda: EulerDiscreteScheduler(timestep_type="int"), "timestep_type='int'"),
-    (lambda: EulerDiscreteScheduler(use_karras_sigmas=True, use_exponential_sigmas=True), "cannot both"),
-    (lambda: EulerDiscreteScheduler(use_beta_sigmas=True), "use_beta_sigmas"),
+    (lambda: EulerDiscreteScheduler(use_karras_sigmas=True, use_exponential_sigmas=True), "only one of"),
+    (lambda: EulerDiscreteScheduler(use_beta_sigmas=True, use_exponential_sigmas=True), "only one of"),
     (lambda: FlowMatchEulerDiscreteScheduler(time_shift_type="cubic"), "time_shift_type='cubic'"),
     (lambda: FlowMatchEulerDiscreteScheduler(shift=0.0), "shift=0.0"),
     (lambda: FlowMatchEulerDiscreteScheduler(shift_terminal=1.5), "shift_terminal=1.5"),
     (lambda: DDIMScheduler(num_train_timesteps=0), "num_train_timesteps=0"),
     (lambda: DDIMScheduler().step(torch.zeros(1), 10, torch.zeros(1)), "before set_timesteps"),
-    (lambda: EulerDiscreteScheduler().step(torch.zeros(1), torch.tensor(999.0), torch.zeros(1)), "before set_timesteps"),
-    (lambda: FlowMatchEulerDiscreteScheduler().step(torch.zeros(1), torch.tensor(999.0), torch.zeros(1)), "before set_timesteps"),
     (lambda: DDIMScheduler().set_timesteps(1001), "num_inference_steps=1001"),
     (lambda: DDIMScheduler().set_timesteps(0), "num_inference_steps=0"),
     (lambda: EulerDiscreteScheduler().set_timesteps(1001), "num_inference_steps=1001"),
@@ -240,6 +243,9 @@ BAD = [
     (lambda: FlowMatchEulerDiscreteScheduler().set_timesteps(2000), "num_inference_steps=2000"),
     (lambda: FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True).set_timesteps(10), "mu=None"),
     (lambda: EulerDiscreteScheduler().set_timesteps(10, sigmas=[1.0, 0.0]), "exactly one"),
+    (lambda: EulerDiscreteScheduler(use_karras_sigmas=True).set_timesteps(timesteps=[999, 500]), "pass sigmas"),
+    (lambda: DDIMScheduler().set_timesteps(timesteps=[999, 500]), "no custom timesteps"),
+    (lambda: DDIMScheduler(dynamic_thresholding_ratio=1.5), "dynamic_thresholding_ratio=1.5"),
     (lambda: FlowMatchEulerDiscreteScheduler().set_timesteps(3, sigmas=[1.0, 0.5]), "entries"),
 ]
 
