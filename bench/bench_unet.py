@@ -1,6 +1,7 @@
 """Benchmark diffuse_nb's UNet2DConditionModel against diffusers' on the full-size SD 2.1 UNet (CPU, fp32).
 
-    python bench/bench_unet.py forward [--rounds 3]   # batch 2, 4x64x64 latent, context 2x77x1024, same weights
+    python bench/bench_unet.py forward [--rounds 3]   # batch 2, 4x64x64 latent, context 2x77x1024, same weights:
+                                                      #   diffusers, ours plain, ours after optimize.prepack_for_cpu
     python bench/bench_unet.py load [--rounds 2]      # from_pretrained(safetensors dir) + first + second forward, peak RSS
     python bench/bench_unet.py profile                # torch.profiler: top ops of one forward, ours and diffusers
 
@@ -41,17 +42,25 @@ def timed(f):
     return out, time.perf_counter() - t, time.process_time() - c
 
 
-def bench_forward(rounds: int):
+def models():
+    "diffusers' UNet, ours and ours prepacked, all three holding the same random weights."
     from diffusers import UNet2DConditionModel as RefUNet
     from diffuse_nb.unet import UNet2DConditionModel, SD21_UNET_CONFIG
+    from diffuse_nb.optimize import prepack_for_cpu
     ours = random_sd21()
     with torch.device("meta"): ref = RefUNet(**SD21_UNET_CONFIG)
     ref.load_state_dict(ours.state_dict(), assign=True); ref.eval()           # the very same weight tensors
     with torch.device("meta"): packed = UNet2DConditionModel.from_config(SD21_UNET_CONFIG)
-    packed.load_state_dict(ours.state_dict(), assign=True); packed.eval().prepack_for_cpu()
+    packed.load_state_dict(ours.state_dict(), assign=True)
+    prepack_for_cpu(packed.eval(), example_hw=(64, 64))                       # packs copies; ours keeps its own
+    return ref, ours, packed
+
+
+def bench_forward(rounds: int):
+    ref, ours, packed = models()
     x, t, ctx = inputs()
-    runs = {"diffusers": lambda: ref(x, t, ctx).sample, "ours": lambda: ours(x, t, ctx),
-            "ours_prepacked": lambda: packed(x, t, ctx)}
+    runs = {"diffusers": lambda: ref(x, t, ctx).sample, "ours": lambda: ours(x, t, ctx).sample,
+            "ours_prepacked": lambda: packed(x, t, ctx).sample}
     wall, cpu = {k: [] for k in runs}, {k: [] for k in runs}
     with torch.no_grad():
         outs = {k: f() for k, f in runs.items()}                               # warm-up, and the numbers must agree
@@ -99,14 +108,16 @@ def load_child(which: str, d: str):
         fwd = lambda m: m(x, t, ctx).sample
     else:
         from diffuse_nb.unet import UNet2DConditionModel
+        from diffuse_nb.optimize import prepack_for_cpu
         load = (lambda: UNet2DConditionModel.from_pretrained(d)) if which == "ours" else \
-               (lambda: UNet2DConditionModel.from_pretrained(d).prepack_for_cpu())
-        fwd = lambda m: m(x, t, ctx)
+               (lambda: prepack_for_cpu(UNet2DConditionModel.from_pretrained(d)))
+        fwd = lambda m: m(x, t, ctx).sample
     def touch(m):                                                              # read every weight once: pays any lazy mmap reads
         s = 0.0
         for p in m.parameters(): s += float(p.detach().reshape(-1)[:: 1024].sum()) if p.numel() and not p.is_mkldnn else 0.0
         for c in m.modules():
-            if hasattr(c, "_packed_weight"): s += float(c._packed_weight.to_dense().reshape(-1)[::1024].sum())
+            for name in ("_packed_weight", "_packed_phases"):
+                if name in c.__dict__: s += float(c.__dict__[name].to_dense().reshape(-1)[::1024].sum())
         return s
     with torch.no_grad():
         m, t_load, c_load = timed(load)
@@ -148,14 +159,7 @@ def bench_load(rounds: int, d: str | None):
 
 def profile():
     from torch.profiler import profile as prof, ProfilerActivity
-    from diffusers import UNet2DConditionModel as RefUNet
-    from diffuse_nb.unet import SD21_UNET_CONFIG
-    from diffuse_nb.unet import UNet2DConditionModel
-    ours = random_sd21()
-    with torch.device("meta"): ref = RefUNet(**SD21_UNET_CONFIG)
-    ref.load_state_dict(ours.state_dict(), assign=True); ref.eval()
-    with torch.device("meta"): packed = UNet2DConditionModel.from_config(SD21_UNET_CONFIG)
-    packed.load_state_dict(ours.state_dict(), assign=True); packed.eval().prepack_for_cpu()
+    ref, ours, packed = models()
     x, t, ctx = inputs()
     for name, f in (("ours", lambda: ours(x, t, ctx)), ("ours_prepacked", lambda: packed(x, t, ctx)),
                     ("diffusers", lambda: ref(x, t, ctx))):

@@ -4,9 +4,8 @@ import subprocess, sys, warnings
 import pytest
 import torch
 
-from diffuse_nb.unet import (Attention, UNet2DConditionModel, UNet2DConditionConfig, SD21_UNET_CONFIG, SDXL_UNET_CONFIG,
-                             PackedConv2d, timestep_embedding)
-from diffuse_nb.clip import attention
+from diffuse_nb.unet import UNet2DConditionModel, UNet2DConditionConfig, SD21_UNET_CONFIG, SDXL_UNET_CONFIG
+from diffuse_nb.layers import Attention, attention, timestep_embedding
 from diffuse_nb.testing import check_parity, tiny_unet, tiny_unet_config, save_reference, randomize_
 
 warnings.filterwarnings("ignore", category=FutureWarning)
@@ -30,7 +29,7 @@ def _parity(kind, shape=(2, 4, 16, 16), atol=1e-4, extra=None, **overrides):
     ours = UNet2DConditionModel.from_config(dict(ref.config))
     ours.load_state_dict(ref.state_dict(), strict=True); ours.eval()
     kw = _inputs(dict(ref.config), shape); kw.update(extra or {})
-    with torch.no_grad(): return check_parity(ours(**kw), ref(**kw).sample, atol, f"{kind} {overrides}")
+    with torch.no_grad(): return check_parity(ours(**kw).sample, ref(**kw).sample, atol, f"{kind} {overrides}")
 
 
 SD2_LIKE = dict(block_out_channels=(32, 64, 64), layers_per_block=2, attention_head_dim=(2, 4, 4), cross_attention_dim=48,
@@ -71,18 +70,19 @@ def test_from_pretrained_and_masks():
     mask = torch.ones(2, 5); mask[0, 2:] = 0
     kw = _inputs(dict(ref.config))
     with torch.no_grad():
-        check_parity(ours(**kw, encoder_attention_mask=mask), ref(**kw, encoder_attention_mask=mask).sample, 1e-4, "mask")
-        out = ours(**kw, return_dict=True)
-    assert out.sample.shape == kw["sample"].shape
+        check_parity(ours(**kw, encoder_attention_mask=mask).sample, ref(**kw, encoder_attention_mask=mask).sample, 1e-4,
+                     "mask")
+        out, tup = ours(**kw), ours(**kw, return_dict=False)
+    assert out.sample.shape == kw["sample"].shape and isinstance(tup, tuple) and torch.equal(tup[0], out[0])
 
 
 def test_timestep_forms():
     m = UNet2DConditionModel.from_config(tiny_unet_config("sd")).eval()
     x, ctx = torch.randn(2, 4, 16, 16), torch.randn(2, 5, 32)
     with torch.no_grad():
-        a = m(x, 10, ctx)
+        a = m(x, 10, ctx).sample
         for t in (10.0, torch.tensor(10), torch.tensor([10]), torch.tensor([10, 10]), torch.tensor([10.0, 10.0])):
-            check_parity(m(x, t, ctx), a, 0, f"timestep {t!r}")
+            check_parity(m(x, t, ctx).sample, a, 0, f"timestep {t!r}")
 
 
 def test_num_attention_heads_spelling():
@@ -110,6 +110,12 @@ BAD_INPUTS = [
     (lambda m, x, c: m(x, torch.tensor([1, 2]), c), "one per sample"),
     (lambda m, x, c: m(x, "1", c), "timestep must be"),
     (lambda m, x, c: m(x, 1, c, encoder_attention_mask=torch.ones(1, 6)), "encoder_attention_mask has 6 tokens"),
+    (lambda m, x, c: m(x.double(), 1, c), "sample.to(torch.float32)"),
+    (lambda m, x, c: m(x, 1, c.double()), "encoder_hidden_states.to(torch.float32)"),
+    (lambda m, x, c: m(x, 1, c, added_cond_kwargs=dict(text_embeds=torch.zeros(1, 8), time_ids=torch.zeros(1, 6))),
+     "drop added_cond_kwargs"),
+    (lambda m, x, c: m(x, 1, c, class_labels=torch.zeros(1)), "['class_labels'] are not supported"),
+    (lambda m, x, c: m(x, 1, c, down_block_additional_residuals=(x,)), "down_block_additional_residuals"),
 ]
 
 
@@ -136,7 +142,8 @@ def test_bad_input_sdxl():
                                        ("time_embedding_type", "fourier"), ("encoder_hid_dim", 16),
                                        ("mid_block_type", "UNetMidBlock2D"), ("attention_type", "gated"),
                                        ("down_block_types", ("DownBlock2D", "SimpleCrossAttnDownBlock2D")),
-                                       ("norm_num_groups", None), ("attention_head_dim", (2, 4, 8)), ("block_out_channels", (32, 60))])
+                                       ("norm_num_groups", None), ("attention_head_dim", (2, 4, 8)), ("block_out_channels", (32, 60)),
+                                       ("block_out_channels", ())])
 def test_unsupported_config(key, value):
     with pytest.raises(ValueError) as e: UNet2DConditionModel.from_config(tiny_unet_config("sd", **{key: value}))
     assert key.split("_types")[0].split("_type")[0] in str(e.value) or "block" in str(e.value), str(e.value)
@@ -144,23 +151,6 @@ def test_unsupported_config(key, value):
 
 def test_unknown_config_key_warns():
     with pytest.warns(UserWarning, match="not_a_key"): UNet2DConditionModel.from_config(tiny_unet_config("sd", not_a_key=1))
-
-
-def test_prepack_for_cpu():
-    ref = tiny_unet("sdxl")
-    m = UNet2DConditionModel.from_config(dict(ref.config)); m.load_state_dict(ref.state_dict()); m.eval()
-    sd = {k: v.clone() for k, v in m.state_dict().items()}
-    kw = _inputs(dict(ref.config), (2, 4, 24, 16))
-    with torch.no_grad():
-        plain = m(**kw)
-        m.prepack_for_cpu()
-        assert any(isinstance(c, PackedConv2d) for c in m.modules())
-        check_parity(m(**kw), plain, 1e-4, "packed")
-        check_parity(m(**kw), ref(**kw).sample, 1e-4, "packed vs diffusers")
-    check_parity(m.state_dict(), sd, 0, "packed state_dict")
-    m.unpack()
-    with torch.no_grad(): check_parity(m(**kw), plain, 0, "unpacked")
-    with pytest.raises(ValueError, match="float32"): m.to(torch.float64).prepack_for_cpu()
 
 
 def test_attention_masks_and_shapes():
@@ -191,8 +181,26 @@ def test_gradients_match_diffusers():
     ref = tiny_unet("sdxl")
     ours = UNet2DConditionModel.from_config(dict(ref.config)); ours.load_state_dict(ref.state_dict())
     kw = _inputs(dict(ref.config), (2, 4, 8, 8))
-    ours(**kw).square().mean().backward(); ref(**kw).sample.square().mean().backward()
+    ours(**kw).sample.square().mean().backward(); ref(**kw).sample.square().mean().backward()
     g_ours = {n: p.grad for n, p in ours.named_parameters()}
     g_ref = {n: p.grad for n, p in ref.named_parameters()}
     assert g_ours.keys() == g_ref.keys()
     check_parity([g_ours[n] for n in g_ref], [g_ref[n] for n in g_ref], 1e-5, "parameter gradients")
+
+
+def test_empty_cross_attention_kwargs_and_autocast_are_fine():
+    m = UNet2DConditionModel.from_config(tiny_unet_config("sd")).eval()
+    x, c = torch.randn(1, 4, 16, 16), torch.randn(1, 5, 32)
+    with torch.no_grad():
+        a = m(x, 3, c, cross_attention_kwargs={}).sample
+        with torch.autocast("cpu", dtype=torch.bfloat16): b = m(x.bfloat16(), 3, c).sample   # mixed dtypes allowed
+    assert a.shape == b.shape
+
+
+def test_config_mapping_and_kwargs_construction():
+    cfg = tiny_unet_config("sdxl")
+    a, b = UNet2DConditionModel(**cfg), UNet2DConditionModel.from_config(cfg)
+    assert dict(a.config) == dict(b.config) and a.config["addition_embed_type"] == "text_time"
+    assert {k: v.shape for k, v in a.state_dict().items()} == {k: v.shape for k, v in b.state_dict().items()}
+    with pytest.raises(TypeError, match=r"UNet2DConditionModel.from_config\(config\) or UNet2DConditionModel\(\*\*config\)"):
+        UNet2DConditionModel(cfg)

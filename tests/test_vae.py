@@ -5,7 +5,7 @@ import torch
 
 from diffuse_nb.vae import (AutoencoderKL, AutoencoderKLConfig, DiagonalGaussianDistribution, UpDecoderBlock2D,
                             blend_h, blend_v)
-from diffuse_nb.unet import Upsample2D
+from diffuse_nb.layers import Upsample2D
 from diffuse_nb.testing import max_abs_err, save_reference, tiny_vae, tiny_vae_config
 from diffuse_nb.weights import CheckpointError
 
@@ -43,6 +43,8 @@ BAD_CALLS = [
     ("overlap negative", lambda m: m.enable_tiling(tile_overlap_factor=-0.1), ValueError, "in [0, 1)"),
     ("overlap str", lambda m: m.enable_tiling(tile_overlap_factor="0.25"), ValueError, "in [0, 1)"),
     ("no stride", lambda m: m.enable_tiling(tile_sample_min_size=2, tile_overlap_factor=0.5), ValueError, "no stride"),
+    ("decode: float64", lambda m: m.decode(torch.randn(1, 4, 8, 8, dtype=torch.float64)), TypeError, "z.to(torch.float32)"),
+    ("encode: float16", lambda m: m.encode(torch.randn(1, 3, 8, 8).half()), TypeError, "model.to(torch.float16)"),
     ("generators vs batch", lambda m: DiagonalGaussianDistribution(torch.randn(2, 8, 2, 2)).sample([torch.Generator()]),
      ValueError, "1 generators for a batch of 2"),
 ]
@@ -67,6 +69,8 @@ BAD_CONFIGS = [
     (dict(down_block_types=("DownBlock2D", "DownEncoderBlock2D")), "only 'DownEncoderBlock2D'"),
     (dict(block_out_channels=(32, 48)), "norm_num_groups=32 must divide"),
     (dict(block_out_channels=()), "non-empty"),
+    (dict(block_out_channels=(32, 0), down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2),
+     "positive ints"),
     (dict(latent_channels=0), "latent_channels=0"),
     (dict(layers_per_block=1.5), "layers_per_block=1.5"),
 ]
@@ -167,20 +171,6 @@ def test_blend_in_place_like_diffusers():
 
 
 # ---- pieces
-def _plain_upsample(self, hidden_states, output_size=None):
-    return self.conv(torch.nn.functional.interpolate(hidden_states, scale_factor=2.0, mode="nearest"))
-
-
-def test_subpixel_upsampler_matches_plain_decode(tiny, monkeypatch):
-    "The decoder's upsamplers (unet.Upsample2D, 4 phase convs) give the decode of interpolate-then-conv."
-    z = torch.randn(1, 4, 8, 8)
-    with torch.no_grad():
-        a = tiny.decode(z).sample
-        monkeypatch.setattr(Upsample2D, "forward", _plain_upsample)
-        b = tiny.decode(z).sample
-    assert max_abs_err(a, b) <= 1e-5
-
-
 def test_distribution_deterministic_and_scaling(tiny):
     d = DiagonalGaussianDistribution(torch.randn(1, 8, 2, 2), deterministic=True)
     assert torch.equal(d.sample(0), d.mean) and d.kl().item() == 0.0
@@ -233,3 +223,16 @@ def test_old_attention_names_load(tmp_path):
     old["decoder.mid_block.attentions.0.bogus.weight"] = torch.zeros(1)   # anything else is still an error
     save_file(old, f)
     with pytest.raises(CheckpointError, match="unexpected"): AutoencoderKL.from_pretrained(d)
+
+
+def test_dict_positional_config_is_refused_with_the_fix():
+    with pytest.raises(TypeError, match=r"AutoencoderKL.from_config\(config\) or AutoencoderKL\(\*\*config\)"):
+        AutoencoderKL(tiny_vae_config())
+    assert dict(AutoencoderKL(**tiny_vae_config()).config) == dict(AutoencoderKL.from_config(tiny_vae_config()).config)
+
+
+def test_outputs_index_like_diffusers(tiny):
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        enc, dec = tiny.encode(x), tiny.decode(torch.randn(1, 4, 8, 8))
+    assert enc[0] is enc.latent_dist and enc["latent_dist"] is enc.latent_dist and dec.to_tuple()[0] is dec.sample
