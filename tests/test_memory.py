@@ -1,4 +1,4 @@
-import dataclasses
+import dataclasses, time
 
 import pytest
 import torch
@@ -6,9 +6,14 @@ import torch.nn as nn
 
 from diffuse_nb.memory import (PROFILE_NAMES, PROFILE_THRESHOLDS, BlockOffloader, ComponentManager, MemoryProfile,
                                auto_devices, default_blocks, profile_thresholds, ram_info, resolve_profile,
-                               select_profile, sequential_cfg_forward, vram_info, vram_report, PeakRSS)
+                               select_profile, sequential_cfg_forward, vram_info, vram_report, PeakRSS,
+                               process_rss, profile_table)
 from diffuse_nb.testing import randomize_, tiny_unet_config
 from diffuse_nb.unet import UNet2DConditionModel
+
+
+def pred(out):                                                     # our UNet: a tensor, or (sample,) / .sample
+    return out if torch.is_tensor(out) else out[0]
 
 
 def tiny(kind="sd", seed=0):
@@ -38,11 +43,32 @@ def test_ram_info():
     assert 0 < avail <= total
 
 
-def test_peak_rss_sees_a_freed_allocation():
-    meter = PeakRSS().start()
-    base = meter.peak
-    x = torch.ones(32 * 2**20); del x                              # 128 MiB touched and freed
+@pytest.mark.parametrize("reset", [True, False])
+def test_peak_rss_sees_a_freed_allocation(reset):
+    meter = PeakRSS(reset=reset).start()
+    base = process_rss()
+    x = torch.ones(32 * 2**20); time.sleep(0.05); del x            # 128 MiB touched, held, freed
     assert meter.stop() - base > 100 * 2**20
+
+
+def test_peak_rss_leaves_the_process_high_water_mark_alone():
+    from diffuse_nb.memory import _read_hwm
+    if _read_hwm() is None: pytest.skip("no /proc/self/status here")
+    x = torch.ones(64 * 2**20); del x                              # set a high mark well above what follows
+    hwm = _read_hwm()
+    meter = PeakRSS().start(); y = torch.ones(1000); meter.stop()
+    assert _read_hwm() == hwm and not meter.exact                  # not a new high: sampled, mark untouched
+
+
+def test_memory_timeline_and_plot():
+    import matplotlib; matplotlib.use("Agg")
+    from diffuse_nb.memory import MemoryTimeline, plot_memory_timeline, PhaseRecord
+    with MemoryTimeline(interval=0.002) as tl:
+        x = torch.ones(8 * 2**20); time.sleep(0.03); del x
+    assert len(tl.times) == len(tl.values) >= 3 and max(tl.values) >= tl.values[0]
+    rec = PhaseRecord("work", seconds=0.01, start=tl.start)
+    ax = plot_memory_timeline(tl, [rec], unit="MiB", relative=True)
+    assert ax.get_ylabel() == "RSS above start, MiB" and ax.texts[0].get_text() == "work"
 
 
 # --- profile selection --------------------------------------------------------------------------------------------
@@ -142,10 +168,10 @@ def test_sequential_cfg_equals_batched(kind):
     x, ctx, add = inputs(kind)
     t = torch.tensor([10, 10, 700, 700])
     with torch.no_grad():
-        ref = unet(x, t, ctx, added_cond_kwargs=add)
+        ref = pred(unet(x, t, ctx, added_cond_kwargs=add))
         seq = sequential_cfg_forward(unet, x, t, ctx, added_cond_kwargs=add)
         seq_scalar_t = sequential_cfg_forward(unet, x, 10, ctx, added_cond_kwargs=add)
-        ref_scalar_t = unet(x, 10, ctx, added_cond_kwargs=add)
+        ref_scalar_t = pred(unet(x, 10, ctx, added_cond_kwargs=add))
     assert (ref - seq).abs().max() < 1e-5
     assert (ref_scalar_t - seq_scalar_t).abs().max() < 1e-5
 
@@ -154,8 +180,8 @@ def test_sequential_cfg_accepts_tuple_outputs_and_rejects_odd_batches():
     unet = tiny("sd")
     x, ctx, _ = inputs("sd", B=1)
     with torch.no_grad():
-        a = sequential_cfg_forward(lambda *a, **k: (unet(*a, **k),), x, 10, ctx)
-        b = unet(x, 10, ctx)
+        a = sequential_cfg_forward(lambda *a, **k: (pred(unet(*a, **k)),), x, 10, ctx)
+        b = pred(unet(x, 10, ctx))
     assert (a - b).abs().max() < 1e-5
     with pytest.raises(ValueError, match="even"):
         sequential_cfg_forward(unet, x[:1], 10, ctx[:1])
@@ -168,11 +194,11 @@ def test_block_offloader_on_cpu_is_invisible(kind, prefetch):
     unet = tiny(kind)
     x, ctx, add = inputs(kind)
     before = {n: (p.data_ptr(), p.device, p.dtype) for n, p in unet.state_dict(keep_vars=True).items()}
-    with torch.no_grad(): ref = unet(x, 10, ctx, added_cond_kwargs=add)
+    with torch.no_grad(): ref = pred(unet(x, 10, ctx, added_cond_kwargs=add))
     off = BlockOffloader(unet, device="cpu", prefetch=prefetch).attach()
     with torch.no_grad():
-        out1 = unet(x, 10, ctx, added_cond_kwargs=add)
-        out2 = unet(x, 10, ctx, added_cond_kwargs=add)              # second forward: the recorded order
+        out1 = pred(unet(x, 10, ctx, added_cond_kwargs=add))
+        out2 = pred(unet(x, 10, ctx, added_cond_kwargs=add))              # second forward: the recorded order
     assert torch.equal(ref, out1) and torch.equal(ref, out2)
     n = len(off.blocks)
     assert off.stats["loads"] == 2 * n                              # every block in and out once per forward
@@ -190,7 +216,7 @@ def test_block_offloader_keeps_at_most_current_and_next_block():
     loaded = []
     hooks = [b.module.register_forward_pre_hook(lambda m, a: loaded.append(
         [b.name for b in off.blocks if b.state == "loaded"])) for b in off.blocks[1:]]
-    with torch.no_grad(): unet(x, 10, ctx, added_cond_kwargs=add)
+    with torch.no_grad(): pred(unet(x, 10, ctx, added_cond_kwargs=add))
     for h in hooks: h.remove()
     assert max(len(l) for l in loaded) <= 3                        # the model's own modules + current + next
     sizes = sorted(b.nbytes for b in off.blocks[1:])
@@ -205,7 +231,7 @@ def test_block_offloader_weights_rest_at_home_between_forwards():
     homes = [h.data_ptr() for b in off.blocks for h in b.homes]
     inside = []
     unet.mid_block.register_forward_pre_hook(lambda m, a: inside.append(unet.mid_block.resnets[0].conv1.weight.data_ptr()))
-    with torch.no_grad(): unet(x, 10, ctx)
+    with torch.no_grad(): pred(unet(x, 10, ctx))
     now = [s[1][s[2]].data_ptr() for b in off.blocks for s in b.slots]
     assert now == homes                                            # outside a forward: the host copies
     mid = next(b for b in off.blocks if b.name == "mid_block")
@@ -221,9 +247,9 @@ def test_default_blocks_and_bad_blocks():
     assert len(fine) > len(names) and "up_blocks.0.attentions.0" in fine
     with torch.no_grad():
         x, ctx, add = inputs("sdxl")
-        ref = unet(x, 10, ctx, added_cond_kwargs=add)
+        ref = pred(unet(x, 10, ctx, added_cond_kwargs=add))
         off = BlockOffloader(unet, device="cpu", max_block_bytes=50_000).attach()
-        assert torch.equal(unet(x, 10, ctx, added_cond_kwargs=add), ref)
+        assert torch.equal(pred(unet(x, 10, ctx, added_cond_kwargs=add)), ref)
         off.detach()
     with pytest.raises(ValueError, match="not a submodule"):
         BlockOffloader(unet, blocks=["down_blocks.9"], device="cpu")
@@ -237,10 +263,10 @@ def test_block_offloader_recovers_after_an_exception():
     x, ctx, _ = inputs("sd")
     off = BlockOffloader(unet, device="cpu").attach()
     with pytest.raises(ValueError):
-        with torch.no_grad(): unet(x, 10, ctx[:, :, :5])           # wrong text width: fails inside the forward
-    with torch.no_grad(): out = unet(x, 10, ctx)
+        with torch.no_grad(): pred(unet(x, 10, ctx[:, :, :5]))           # wrong text width: fails inside the forward
+    with torch.no_grad(): out = pred(unet(x, 10, ctx))
     off.detach()
-    with torch.no_grad(): assert torch.equal(out, unet(x, 10, ctx))
+    with torch.no_grad(): assert torch.equal(out, pred(unet(x, 10, ctx)))
 
 
 # --- component manager --------------------------------------------------------------------------------------------
@@ -267,7 +293,9 @@ def test_component_manager_phases_record_seconds_and_peaks(name):
     for r in mgr.records:
         assert r.seconds > 0 and r.peak_bytes > 0 and r.kind == "rss" and r.device == "cpu"
     assert mgr.steps == 2 and "| denoise | unet |" in mgr.summary()
-    assert (name == "extreme") == ("unet" in mgr.offloaders)
+    kinds = {n: type(o).__name__ for n, o in mgr.offloaders.items()}
+    assert kinds == {"extreme": {"unet": "BlockOffloader", "vae": "ModelOffloader"},
+                     "gpu_poor": {"unet": "ModelOffloader", "vae": "ModelOffloader"}}.get(name, {})
     assert mgr.dtype("unet") == torch.float32 and mgr.device("vae") == torch.device("cpu")
     mgr.close()
 
@@ -297,19 +325,68 @@ def test_resident_set_evicts_the_coldest_first():
         with mgr.phase("denoise", ["unet"]):
             for _ in range(3): mgr.step_done()
         with mgr.phase("decode", ["vae"]): pass
-    assert list(mgr._resident) == ["unet", "vae"]                   # nothing evicted
+    assert list(mgr.resident) == ["unet", "vae"]                   # nothing evicted
     tight = ComponentManager(comps, prof, vram_budget_gb=unet_b / 2**30 * 1.01)
     with tight.phase("denoise", ["unet"]):
         for _ in range(3): tight.step_done()
     with tight.phase("decode", ["vae"]): pass
-    assert list(tight._resident) == ["vae"]                         # the UNet had to leave for the VAE
+    assert list(tight.resident) == ["vae"]                         # the UNet had to leave for the VAE
     with tight.phase("denoise", ["unet"]): pass
-    assert list(tight._resident) == ["unet"]
+    assert list(tight.resident) == ["unet"]
     eager = ComponentManager(comps, prof)                            # no budget: home after every phase
     with eager.phase("denoise", ["unet"]): pass
-    assert not eager._resident
+    assert not eager.resident
 
 
 def test_vram_report_is_one_line():
     s = vram_report("x")
     assert s.startswith("[x] ") and "\n" not in s
+
+
+# --- host copies and the model offloader --------------------------------------------------------------------------
+def test_host_copies_pack_into_power_of_two_chunks():
+    from diffuse_nb.memory import _host_copies
+    ts = [torch.randn(300, 7), torch.arange(5), torch.randn(()).half(), torch.ones(3, dtype=torch.bool), torch.randn(0)]
+    homes = _host_copies(ts, pin=False, pack=True, chunk_bytes=4096)
+    for t, h in zip(ts, homes):
+        assert h.dtype == t.dtype and h.shape == t.shape and torch.equal(h, t)
+        assert h.storage_offset() * h.element_size() % 256 == 0
+    sizes = {h.untyped_storage().nbytes() for h in homes}
+    assert all(s & (s - 1) == 0 or s > 4096 for s in sizes)          # powers of two (or one oversized tensor)
+    assert all(h.data_ptr() != t.data_ptr() for t, h in zip(ts, homes) if t.numel())
+
+
+def test_model_offloader_on_cpu():
+    from diffuse_nb.memory import ModelOffloader
+    m = Tiny()
+    ptrs = [p.data_ptr() for p in m.parameters()]
+    ref = m(torch.ones(2, 64))
+    off = ModelOffloader(m, device="cpu")
+    off.load()
+    assert all(p.data_ptr() != q for p, q in zip(m.parameters(), ptrs)) and off.loaded
+    assert torch.equal(m(torch.ones(2, 64)), ref)
+    off.unload()
+    assert [p.data_ptr() for p in m.parameters()] == ptrs and not off.loaded
+    off.load(); off.detach()
+    assert [p.data_ptr() for p in m.parameters()] == ptrs and off.loads == 2
+
+
+def test_profile_table_matches_the_profiles():
+    t = profile_table("sdxl", gpu="cuda:0")
+    lines = t.splitlines()
+    assert len(lines) == 2 + len(PROFILE_NAMES) and "text_encoder_2" in lines[0]
+    assert "| extreme | cpu, resident | cpu, resident | cuda:0, streamed by block | cuda:0, moved in per phase |" in t
+    assert "| cpu_only |" in t and "float32" in lines[-1]
+
+
+def test_component_manager_model_offload_moves_weights_for_the_phase_only():
+    prof = resolve_profile("gpu_poor", "sd21", gpu="cpu")
+    unet = Tiny()
+    mgr = ComponentManager({"unet": unet}, prof)
+    home = [p.data_ptr() for p in unet.parameters()]
+    with mgr.phase("denoise", ["unet"]):
+        inside = [p.data_ptr() for p in unet.parameters()]
+        assert mgr.resident == ("unet",)
+    assert all(a != b for a, b in zip(inside, home))                 # a device copy while the phase ran
+    assert [p.data_ptr() for p in unet.parameters()] == home and mgr.resident == ()
+    mgr.close()
