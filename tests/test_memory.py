@@ -390,3 +390,16 @@ def test_component_manager_model_offload_moves_weights_for_the_phase_only():
     assert all(a != b for a, b in zip(inside, home))                 # a device copy while the phase ran
     assert [p.data_ptr() for p in unet.parameters()] == home and mgr.resident == ()
     mgr.close()
+
+
+def test_overrides_as_on_a_host_with_two_gpus(monkeypatch):
+    import diffuse_nb.memory as M
+    real = M.get_device
+    monkeypatch.setattr(M, "get_device", lambda d=None, check=True: real(d, check=False))   # pretend they exist
+    p = M.resolve_profile("cpu_only", "sd21", devices={"unet": "cuda:0"})
+    assert p.devices["unet"] == "cuda:0" and p.dtype == torch.float16 and p.cpu_dtype == torch.float32
+    q = M.resolve_profile("balanced", "sdxl", devices=M.auto_devices("sdxl", "balanced", gpus=["cuda:0", "cuda:1"]))
+    assert q.devices == {"text_encoder": "cuda:1", "text_encoder_2": "cuda:1", "unet": "cuda:0", "vae": "cuda:1"}
+    assert q.dtype == torch.float16 and set(q.offload.values()) == {"none"}
+    r = M.resolve_profile("gpu_poor", "sdxl", devices={"vae": "cpu"})
+    assert r.offload["vae"] == "none" and r.offload["unet"] == "model"
