@@ -4,6 +4,7 @@
                                                       #   diffusers, ours plain, ours after optimize.prepack_for_cpu
     python bench/bench_unet.py load [--rounds 2]      # from_pretrained(safetensors dir) + first + second forward, peak RSS
     python bench/bench_unet.py profile                # torch.profiler: top ops of one forward, ours and diffusers
+    add --threads 1 on a busy machine: one thread has no OpenMP barriers for other processes to stall
 
 Random weights (no download). Timings are interleaved (ours / diffusers / ...) in one process for `forward` and in
 alternating fresh processes for `load`; the machine is shared, so each figure is the minimum over rounds, and both
@@ -135,7 +136,8 @@ def bench_load(rounds: int, d: str | None):
     res = {k: [] for k in ("ours", "ours_prepacked", "diffusers")}
     for r in range(rounds):
         for which in res:
-            out = subprocess.run([sys.executable, __file__, "_load_child", which, str(d)], capture_output=True, text=True)
+            out = subprocess.run([sys.executable, __file__, "_load_child", which, str(d), str(THREADS)],
+                                 capture_output=True, text=True)
             if out.returncode: print(out.stderr[-3000:]); raise SystemExit(out.returncode)
             row = json.loads(out.stdout.strip().splitlines()[-1]); res[which].append(row)
             print(f"round {r + 1} {which:15s} load {row['load']:.2f}s  touch {row['touch']:.2f}s  first fwd {row['first']:.2f}s  second {row['second']:.2f}s  "
@@ -171,13 +173,16 @@ def profile():
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_load_child":
+        THREADS = int(sys.argv[4]) if len(sys.argv) > 4 else THREADS
         load_child(sys.argv[2], sys.argv[3]); raise SystemExit
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["forward", "load", "profile"], nargs="?", default="forward")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--dir", default=None, help="folder for the random safetensors checkpoint (load); reused if present")
     ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--threads", type=int, default=THREADS, help="intra-op threads (1 is steadiest on a busy machine)")
     a = ap.parse_args()
+    THREADS = a.threads
     torch.set_num_threads(THREADS)
     res = {"forward": lambda: bench_forward(a.rounds), "load": lambda: bench_load(a.rounds, a.dir), "profile": profile}[a.what]()
     if a.json and res is not None: Path(a.json).write_text(json.dumps(res, indent=2))

@@ -60,8 +60,11 @@ def test_pack_conv_roundtrip():
         with torch.no_grad():
             plain, sd = conv(x), {k: v.clone() for k, v in conv.state_dict().items()}
             pack_conv_(conv)
-            assert isinstance(conv, PackedConv2d) and conv.weight.numel() == 0
             check_parity(conv(x), plain, 1e-5, str(conv))
+            assert isinstance(conv, PackedConv2d) and conv.weight.numel() == 0        # packed on the first call
+            y = x[:1, :, :5]                                                         # another shape: repacked
+            check_parity(conv(y), torch.nn.functional.conv2d(y, sd["weight"], sd.get("bias"), conv.stride,
+                                                              conv.padding, conv.dilation, conv.groups), 1e-5)
             check_parity(conv.state_dict(), sd, 0)
             unpack_conv_(conv)
             assert type(conv) is nn.Conv2d and conv.weight.requires_grad
@@ -93,7 +96,7 @@ def test_prepack_unet(kind, overrides, pack_weights):
     kw = _unet_inputs(dict(ref.config))
     with torch.no_grad():
         plain, sd = m(**kw).sample, {k: v.clone() for k, v in m.state_dict().items()}
-        assert prepack_for_cpu(m, example_hw=(16, 24), pack_weights=pack_weights) is m
+        assert prepack_for_cpu(m, pack_weights=pack_weights) is m
         assert prepack_for_cpu(m) is m                                       # a second call is a no-op
         out = m(**kw).sample
         check_parity(out, plain, 1e-5, "prepacked vs plain")
@@ -116,7 +119,7 @@ def test_prepack_vae(overrides):
     x, z = torch.randn(2, 3, 32, 24), torch.randn(1, 4, 24, 20)
     with torch.no_grad():
         dec, enc, tiled = m.decode(z).sample, m.encode(x).latent_dist.mean, m.decode(z, tiled=True, progress=False).sample
-        prepack_for_cpu(m, example_hw=(16, 16))
+        prepack_for_cpu(m)
         check_parity(m.decode(z).sample, dec, 1e-5, "decode")
         check_parity(m.encode(x).latent_dist.mean, enc, 1e-5, "encode")
         check_parity(m.decode(z, tiled=True, progress=False).sample, tiled, 1e-5, "tiled decode")
