@@ -30,7 +30,7 @@ setuptools.setup(
     url = cfg['git_url'],
     packages = setuptools.find_packages(include=['diffuse_nb', 'diffuse_nb.*']),
     include_package_data = True,
-    package_data = {'diffuse_nb': ['assets/*']},
+    package_data = {'diffuse_nb': ['assets/*', 'assets/**/*']},
     install_requires = requirements,
     extras_require = {'dev': dev_requirements},
     python_requires = '>=' + min_python,
