@@ -430,6 +430,11 @@ def _from_pretrained(cls, path_or_repo_id, subfolder: str | None = None, dtype=N
 PretrainedModel.from_pretrained = _from_pretrained
 
 # %% ../nbs/05_layers.ipynb #e8e61e18
+def _autocast_on(device_type: str) -> bool:
+    "Is autocast on for this device type? (False for types autocast does not know, e.g. `meta`.)"
+    try: return torch.is_autocast_enabled(device_type)
+    except RuntimeError: return False
+
 def _check_input(self, name: str, x, check_dtype: bool = True):
     "Raise if tensor argument `name` is on another device or has another dtype than the weights; say the fix."
     if not isinstance(x, torch.Tensor): return
@@ -437,7 +442,7 @@ def _check_input(self, name: str, x, check_dtype: bool = True):
     if x.device != dev:
         raise ValueError(f"{name} is on {x.device} but {model}'s weights are on {dev}: move the input with "
                          f"{name}.to('{dev}') or the model with model.to('{x.device}')")
-    if check_dtype and x.dtype != dt and not torch.is_autocast_enabled(x.device.type):
+    if check_dtype and x.dtype != dt and not _autocast_on(x.device.type):
         raise TypeError(f"{name} is {x.dtype} but {model}'s weights are {dt}: pass {name}.to({dt}), "
                         f"or convert the model with model.to({x.dtype})")
 

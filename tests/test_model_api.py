@@ -178,3 +178,12 @@ def test_unsupported_diffusers_arguments_are_refused():
     kw = unet_inputs(tiny_unet_config("sd"), B=1)
     m = _msg(lambda: unet(**kw, mid_block_additional_residual=torch.zeros(1)), ValueError)
     assert "mid_block_additional_residual" in m and "pass None" in m
+
+
+def test_dtype_check_on_meta_models():
+    "A dtype mismatch on a `meta` model (shape planning) is the clear TypeError, not autocast's RuntimeError."
+    with torch.device("meta"):
+        vae = AutoencoderKL.from_config(tiny_vae_config())
+        z = torch.randn(1, 4, 8, 8, dtype=torch.float16)
+    m = _msg(lambda: vae.decode(z), TypeError)
+    assert "z is torch.float16" in m and "weights are torch.float32" in m
