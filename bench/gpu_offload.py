@@ -1,4 +1,4 @@
-"""GPU micro-benchmark of the offloaders in `diffuse_nb.memory` (needs one CUDA GPU; not run by the tests).
+"""GPU micro-benchmark of the offloaders in `diffuse_nb.offload` (needs one CUDA GPU; not run by the tests).
 
     python bench/gpu_offload.py                 # SD 2.1 at 768² and SDXL at 1024², float16, batch 1
     python bench/gpu_offload.py --kinds sd21 --reps 5 --json out.json
@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from diffuse_nb.memory import GiB, BlockOffloader, ModelOffloader, _prediction        # noqa: E402
+from diffuse_nb.offload import BlockOffloader, ModelOffloader, _prediction
+from diffuse_nb.memory import GiB        # noqa: E402
 from diffuse_nb.unet import UNet2DConditionModel, SD21_UNET_CONFIG, SDXL_UNET_CONFIG  # noqa: E402
 
 KINDS = {"sd21": (SD21_UNET_CONFIG, 768, 1024), "sdxl": (SDXL_UNET_CONFIG, 1024, 2048)}

@@ -4,10 +4,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from diffuse_nb.memory import (PROFILE_NAMES, PROFILE_THRESHOLDS, BlockOffloader, ComponentManager, MemoryProfile,
-                               auto_devices, default_blocks, profile_thresholds, ram_info, resolve_profile,
-                               select_profile, sequential_cfg_forward, vram_info, vram_report, PeakRSS,
-                               process_rss, profile_table)
+from diffuse_nb.memory import (PROFILE_NAMES, PROFILE_THRESHOLDS, MemoryProfile, auto_devices, profile_thresholds,
+                               ram_info, resolve_profile, select_profile, vram_info, PeakRSS, process_rss,
+                               profile_table)
+from diffuse_nb.offload import (BlockOffloader, ComponentManager, default_blocks, sequential_cfg_forward,
+                                vram_report)
 from diffuse_nb.testing import randomize_, tiny_unet_config
 from diffuse_nb.unet import UNet2DConditionModel
 
@@ -62,7 +63,7 @@ def test_peak_rss_leaves_the_process_high_water_mark_alone():
 
 def test_memory_timeline_and_plot():
     import matplotlib; matplotlib.use("Agg")
-    from diffuse_nb.memory import MemoryTimeline, plot_memory_timeline, PhaseRecord
+    from diffuse_nb.offload import MemoryTimeline, plot_memory_timeline, PhaseRecord
     with MemoryTimeline(interval=0.002) as tl:
         x = torch.ones(8 * 2**20); time.sleep(0.03); del x
     assert len(tl.times) == len(tl.values) >= 3 and max(tl.values) >= tl.values[0]
@@ -345,7 +346,7 @@ def test_vram_report_is_one_line():
 
 # --- host copies and the model offloader --------------------------------------------------------------------------
 def test_host_copies_pack_into_power_of_two_chunks():
-    from diffuse_nb.memory import _host_copies
+    from diffuse_nb.offload import _host_copies
     ts = [torch.randn(300, 7), torch.arange(5), torch.randn(()).half(), torch.ones(3, dtype=torch.bool), torch.randn(0)]
     homes = _host_copies(ts, pin=False, pack=True, chunk_bytes=4096)
     for t, h in zip(ts, homes):
@@ -357,7 +358,7 @@ def test_host_copies_pack_into_power_of_two_chunks():
 
 
 def test_model_offloader_on_cpu():
-    from diffuse_nb.memory import ModelOffloader
+    from diffuse_nb.offload import ModelOffloader
     m = Tiny()
     ptrs = [p.data_ptr() for p in m.parameters()]
     ref = m(torch.ones(2, 64))
@@ -403,3 +404,10 @@ def test_overrides_as_on_a_host_with_two_gpus(monkeypatch):
     assert q.dtype == torch.float16 and set(q.offload.values()) == {"none"}
     r = M.resolve_profile("gpu_poor", "sdxl", devices={"vae": "cpu"})
     assert r.offload["vae"] == "none" and r.offload["unet"] == "model"
+
+
+def test_offload_names_importable_from_memory():
+    "The offloading machinery moved to `offload`; its public names still import from `memory`."
+    from diffuse_nb import memory, offload
+    for name in memory._MOVED_TO_OFFLOAD: assert getattr(memory, name) is getattr(offload, name)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"): memory.nope
