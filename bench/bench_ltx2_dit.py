@@ -20,7 +20,7 @@ import torch
 
 import torch.nn.functional as F
 
-from diffuse_nb.ltx2_dit import LTX2_DIT, LTX23_DIT, LTX2VideoTransformer3DConfig, LTX2VideoTransformerBlock
+from diffuse_nb.ltx2_dit_blocks import LTX2_DIT, LTX23_DIT, LTX2VideoTransformer3DConfig, LTX2VideoTransformerBlock
 from diffuse_nb.ltx2_dit_offload import use_onednn_linear
 from diffuse_nb.rope import audio_coords, rope_cos_sin, video_coords
 from diffuse_nb.testing import max_abs_err

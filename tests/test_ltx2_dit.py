@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 from diffuse_nb.ltx2_connectors import LTX2Attention
-from diffuse_nb.ltx2_dit import (LTX2_DIT, LTX23_DIT, LTX2DiTInputs, LTX2VideoTransformer3DConfig,
-                                 LTX2VideoTransformer3DModel, LTX2VideoTransformerBlock, perturbed_attention)
+from diffuse_nb.ltx2_dit import LTX2DiTInputs, LTX2VideoTransformer3DModel
+from diffuse_nb.ltx2_dit_blocks import (LTX2_DIT, LTX23_DIT, LTX2VideoTransformer3DConfig, LTX2VideoTransformerBlock,
+                                        perturbed_attention)
 from diffuse_nb.ltx2_dit_offload import (DiTOffloader, OneDNNLinear, dit_memory_estimate, dit_offload_plan,
                                          dit_offloaded_forward, ltx2_token_counts, release_dit_offload,
                                          use_onednn_linear)
