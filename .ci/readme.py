@@ -17,7 +17,7 @@ def render(nb_path=ROOT / "nbs" / "index.ipynb") -> str:
     for cell in nb["cells"]:
         src = "".join(cell["source"]).strip("\n")
         if cell["cell_type"] == "markdown":      # notebook links are relative to nbs/; README sits one level up
-            parts.append(re.sub(r"\]\((?!https?:|/|#)([^)]+\.ipynb)\)", r"](nbs/\1)", src))
+            parts.append(re.sub(r"\]\((?!https?:|/|#)([^)]+\.(?:ipynb|png|jpg|gif))\)", r"](nbs/\1)", src))
         elif cell["cell_type"] == "code":
             lines = src.splitlines()
             if any(re.match(r"#\|\s*(hide|export)", l) for l in lines): continue
@@ -28,12 +28,13 @@ def render(nb_path=ROOT / "nbs" / "index.ipynb") -> str:
     return HEADER + "\n\n".join(parts) + "\n"
 
 def command(kind: str, text: str) -> str:
-    "The first line of the first ```sh block under the heading containing 'Install' (setup) or 'Test' (test)."
+    "The first ```sh block under the heading 'Install' (setup) or 'Test' (test), its command lines joined by &&."
     heading = {"setup": "Install", "test": "Test"}[kind]
     sec = re.search(rf"^## {heading}\b(.*?)(?=^## |\Z)", text, re.S | re.M)
     block = re.search(r"```sh\n(.*?)\n```", sec.group(1), re.S) if sec else None
     if not block: sys.exit(f"README.md has no ```sh block under '## {heading}'")
-    return block.group(1).strip()
+    lines = [l.strip() for l in block.group(1).splitlines() if l.strip() and not l.strip().startswith("#")]
+    return " && ".join(lines)
 
 def sidebar_missing() -> list[str]:
     "Notebooks that nbs/sidebar.yml (custom_sidebar = True) does not list."
