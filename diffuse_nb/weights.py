@@ -443,8 +443,9 @@ def load_pretrained(cls, path_or_repo_id: str | Path, subfolder: str | None = No
                                     "folder?")
         config = _read_json(d / "config.json")
     ckpt = find_checkpoint(d, variant)                              # headers only: cheap, validates the files
-    with torch.device("meta"): model = cls.from_config(config)
-    load_weights(model, ckpt, strict=strict, dtype=dtype, device=device, progress=progress, mmap=mmap)
+    with torch.inference_mode(False):            # ordinary (trainable) tensors even when called under inference
+        with torch.device("meta"): model = cls.from_config(config)
+        load_weights(model, ckpt, strict=strict, dtype=dtype, device=device, progress=progress, mmap=mmap)
     return model.eval()
 
 class FromPretrained:
