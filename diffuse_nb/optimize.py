@@ -203,7 +203,8 @@ def _swap_classes(model: nn.Module):
         fast = _FAST.get(type(m))
         if fast is None: continue
         if fast is SubPixelUpsample2D:
-            if m.conv is None or m.conv.kernel_size != (3, 3) or m.conv.padding != (1, 1): continue
+            if type(m.conv) is not nn.Conv2d: continue                 # none, or stored encoded (quantize)
+            if m.conv.kernel_size != (3, 3) or m.conv.padding != (1, 1): continue
             m.conv.__class__ = NearestUpsampleConv2d
         m._plain_class, m.__class__ = type(m), fast
 

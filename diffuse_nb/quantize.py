@@ -131,7 +131,7 @@ def encode_layer_(m: nn.Module, weight_format: str, stored: dict[str, torch.Tens
     m._buffers["_compute"] = torch.empty(0, dtype=compute_dtype, device=stored["weight"].device)
     m._non_persistent_buffers_set.add("_compute")
     m.__dict__.update(weight_format=weight_format, weight_shape=shape, _sticky=tuple(sticky),
-                      _plain_class=type(m))
+                      _decoded_from=type(m))
     m.__class__ = _decoded_class(type(m))
     return m
 
@@ -141,7 +141,7 @@ def decode_layer_(m: DecodedWeight) -> nn.Module:
     weight, bias = m.weight.detach(), m.bias
     for n in ("weight", "weight_scale", "bias", "_compute"): m._buffers.pop(n, None)
     m._non_persistent_buffers_set.discard("_compute")
-    m.__class__ = m.__dict__.pop("_plain_class")
+    m.__class__ = m.__dict__.pop("_decoded_from")
     for k in ("weight_format", "weight_shape", "_sticky"): m.__dict__.pop(k, None)
     m.register_parameter("weight", nn.Parameter(weight, requires_grad=False))
     m.register_parameter("bias", None if bias is None else nn.Parameter(bias.detach(), requires_grad=False))

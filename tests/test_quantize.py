@@ -146,3 +146,19 @@ def test_bad_input_changes_nothing(call, match):
 def test_meta_weights_are_refused():
     with torch.device("meta"): net = nn.Linear(4, 4)
     with pytest.raises(ValueError, match="meta device"): quantize_(net, skip=())
+
+
+@pytest.mark.parametrize("fmt", ["int8", "cast"])
+def test_encoded_unet_with_cpu_prepacking(fmt):
+    from diffuse_nb.optimize import prepack_for_cpu, unpack
+    from diffuse_nb.testing import save_reference, tiny_unet
+    from diffuse_nb.unet import UNet2DConditionModel
+    unet = UNet2DConditionModel.from_pretrained(save_reference(tiny_unet("sd"))).eval()
+    unet = quantize_(unet, "int8") if fmt == "int8" else apply_layerwise_casting(unet, torch.bfloat16)
+    g = torch.Generator().manual_seed(0)
+    x, c = torch.randn(1, 4, 16, 16, generator=g), torch.randn(1, 8, 32, generator=g)
+    with torch.no_grad():
+        y = unet(x, 3, c).sample
+        torch.testing.assert_close(prepack_for_cpu(unet)(x, 3, c).sample, y, rtol=0, atol=1e-5)
+        torch.testing.assert_close(unpack(unet)(x, 3, c).sample, y, rtol=0, atol=1e-5)
+    assert len(weight_formats(unet)) > 50
