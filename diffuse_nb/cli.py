@@ -69,6 +69,8 @@ def _image_options(p: argparse.ArgumentParser, images: bool = True):
                    help="output file (.png; default: a name from the prompt)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--threads", type=number(int, 1), default=None,
+                   help="CPU threads for PyTorch (default: PyTorch's, one per core)")
     if images: p.add_argument("-n", "--num-images", type=number(int, 1), default=1, help="images per prompt")
 
 # %% ../nbs/22_cli.ipynb #f1a994fd
@@ -399,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_usage(sys.stderr)
         print(f"diffuse-nb: error: choose a command: {', '.join(COMMANDS)}", file=sys.stderr); return 2
+    if getattr(args, "threads", None): torch.set_num_threads(args.threads)
     try: return int(args.run(args) or 0)
     except USER_ERRORS as e:
         if os.environ.get("DIFFUSE_NB_DEBUG"): raise

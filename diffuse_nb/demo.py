@@ -27,9 +27,7 @@ __all__ = ['MICRO_DIR', 'MODEL_ALIASES', 'SCHEDULER_CHOICES', 'SHOWN_SETTINGS', 
            'profile_choice', 'markdown_table_html', 'MemoryExplorer']
 
 # %% ../nbs/21_demo.ipynb #af75fd3d
-MICRO_DIR = Path(getattr(sd, "MICRO_PATH", Path(diffuse_nb.__file__).parent / "assets" / "micro"))
-MODEL_ALIASES = dict(getattr(sd, "MODEL_ALIASES", None)          # name -> folder or Hub repo id
-                     or {"micro": MICRO_DIR, "sd21": sd.DEFAULT_MODEL, "sdxl": sd.DEFAULT_SDXL_MODEL})
+MICRO_DIR, MODEL_ALIASES = sd.MICRO_PATH, sd.MODEL_ALIASES   # the shipped model; name -> folder or repo id
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+")
 
 def resolve_model(model) -> Path | str | sd.SDPipeline:

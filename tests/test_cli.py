@@ -43,8 +43,12 @@ def test_txt2img_png_with_settings(model, tmp_path, capsys):
     assert (m["prompt"], m["negative_prompt"], m["seed"], m["num_inference_steps"], m["guidance_scale"],
             m["scheduler"], m["profile"]) == ("a red cube", "blurry", "5", "3", "4.0", "euler", "cpu_only")
     again = tmp_path / "b.png"                                           # same settings -> same picture
-    assert run(capsys, "txt2img", "a red cube", "--model", model, "--steps", 3, "--seed", 5, "--guidance", 4,
-               "--negative", "blurry", "--scheduler", "euler", "--size", "48x32", "--out", again)[0] == 0
+    try:
+        assert run(capsys, "txt2img", "a red cube", "--model", model, "--steps", 3, "--seed", 5, "--guidance", 4,
+                   "--negative", "blurry", "--scheduler", "euler", "--size", "48x32", "--out", again,
+                   "--threads", 2)[0] == 0
+        assert torch.get_num_threads() == 2
+    finally: torch.set_num_threads(1)
     assert np.array_equal(pixels(out), pixels(again))
 
 
@@ -144,6 +148,7 @@ def _bad_cases(model, tmp_path):
         "unknown profile": (t2i + ["--profile", "tiny_gpu"], "argument --profile: invalid choice"),
         "zero steps": (t2i + ["--steps", "0"], "argument --steps: '0' is out of range"),
         "steps not int": (t2i + ["--steps", "ten"], "is not an integer"),
+        "zero threads": (t2i + ["--threads", "0"], "argument --threads"),
         "negative guidance": (t2i + ["--guidance", "-1"], "argument --guidance"),
         "nan guidance": (t2i + ["--guidance", "nan"], "argument --guidance"),
         "no prompt": (["txt2img", "--model", model], "no prompt"),
