@@ -63,6 +63,12 @@ def test_video_without_sound_and_metadata(tmp_path):
     assert info["metadata"] == {"prompt": "a"} and info["fps"] == 24 and info["num_frames"] == 9
 
 
+@pytest.mark.parametrize("name", ["long.mp4", "long.webm"])
+def test_long_metadata_with_special_characters_comes_back_whole(tmp_path, name):
+    meta = {"prompt": "a red; ball = #1 \\ x é", "sigmas": [i / 300 for i in range(300)], "none": None}
+    assert read_video_info(save_video(FRAMES, tmp_path / name, fps=10, metadata=meta))["metadata"] == meta
+
+
 def test_odd_sizes_float_frames_and_torch_inputs(tmp_path):
     frames = torch.rand(5, 33, 47, 3)
     p = save_video(frames, tmp_path / "odd.mp4", fps=10, audio=torch.zeros(1, 2, 8000), sample_rate=16000)
