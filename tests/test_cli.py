@@ -252,7 +252,7 @@ def test_txt2vid_tiny_ltx2(tmp_path, capsys):
     code, out, err = run(capsys, *argv)
     assert code == 0, err
     assert out.strip() == str(tmp_path / "v.mp4") and (tmp_path / "v.mp4").stat().st_size > 0
-    code, _, err = run(capsys, *argv[:-4], "--max-sequence-length", 1024)
+    code, _, err = run(capsys, *argv[:-5], "--max-sequence-length", 1024)
     assert code == 2 and "max_sequence_length=1024" in err
 
 
