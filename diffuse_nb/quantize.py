@@ -60,7 +60,7 @@ def quantize_nf4(weight: torch.Tensor, block_size: int = 64) -> tuple[torch.Tens
 def dequantize_nf4(packed: torch.Tensor, absmax: torch.Tensor, shape: Sequence[int],
                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
     "Undo `quantize_nf4`: look the codes up in `NF4_TABLE`, scale each block by its absmax, reshape."
-    codes = torch.stack((packed >> 4, packed & 15), -1).flatten().long()      # (n_blocks * block_size,)
+    codes = torch.stack((packed >> 4, packed & 15), -1).flatten().int()       # (n_blocks * block_size,)
     table = NF4_TABLE.to(packed.device, dtype)
     w = table[codes].view(absmax.shape[0], -1) * absmax.to(dtype)[:, None]    # (n_blocks, block_size)
     return w.flatten()[:math.prod(shape)].view(*shape)
