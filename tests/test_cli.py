@@ -43,13 +43,17 @@ def test_txt2img_png_with_settings(model, tmp_path, capsys):
     assert (m["prompt"], m["negative_prompt"], m["seed"], m["num_inference_steps"], m["guidance_scale"],
             m["scheduler"], m["profile"]) == ("a red cube", "blurry", "5", "3", "4.0", "euler", "cpu_only")
     again = tmp_path / "b.png"                                           # same settings -> same picture
+    assert run(capsys, "txt2img", "a red cube", "--model", model, "--steps", 3, "--seed", 5, "--guidance", 4,
+               "--negative", "blurry", "--scheduler", "euler", "--size", "48x32", "--out", again)[0] == 0
+    assert np.array_equal(pixels(out), pixels(again))
+
+
+def test_threads_set_first(model, capsys):
+    "--threads applies before anything else (here a bad size stops the run before loading)."
     try:
-        assert run(capsys, "txt2img", "a red cube", "--model", model, "--steps", 3, "--seed", 5, "--guidance", 4,
-                   "--negative", "blurry", "--scheduler", "euler", "--size", "48x32", "--out", again,
-                   "--threads", 2)[0] == 0
+        assert run(capsys, "txt2img", "a", "--model", model, "--size", "50", "--threads", 2)[0] == 2
         assert torch.get_num_threads() == 2
     finally: torch.set_num_threads(1)
-    assert np.array_equal(pixels(out), pixels(again))
 
 
 def test_txt2img_num_images_out_dir_and_overwrite(model, tmp_path, capsys):
