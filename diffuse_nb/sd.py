@@ -23,18 +23,19 @@ from .unet import UNet2DConditionModel
 from .vae import AutoencoderKL
 from .memory import (MemoryProfile, PROFILE_NAMES, resolve_profile, ComponentManager,
                                sequential_cfg_forward)
-from .optimize import prepack_for_cpu, PackedConv2d
+from .optimize import prepack_for_cpu
+from .sd_cpu import RELEASE_MIN_BYTES, release_mapped_weights, release_after_packing
 from .samplers import SCHEDULER_NAMES, scheduler_from_name, scheduler_class, load_scheduler
 from .sd_inputs import (IMAGE_MODES, SDResult, read_input_image, preprocess_image, to_pil,
                                   _check_args, _check_profile_arg, _check_seeds, _check_size, _output_paths)
 
 # %% auto #0
 __all__ = ['DEFAULT_MODEL', 'DEFAULT_SDXL_MODEL', 'PIPELINE_CLASSES', 'COMPONENT_CLASSES', 'SKIPPED_COMPONENTS', 'MODELS',
-           'MICRO_PATH', 'MODEL_ALIASES', 'RELEASE_MIN_BYTES', 'tiny_pipeline', 'resolve_model', 'read_pipeline_index',
-           'pipeline_kind', 'pipeline_geometry', 'SDPipeline', 'release_mapped_weights', 'release_after_packing',
-           'load_pipeline', 'encode_prompt', 'sdxl_time_ids', 'initial_noise', 'make_scheduler', 'denoise',
-           'vae_tiling', 'image_latents', 'decode_latents', 'txt2img', 'txt2img_sd21', 'txt2img_sdxl', 'img2img',
-           'IMAGE_MODES', 'SDResult', 'read_input_image', 'preprocess_image', 'to_pil', 'show_images']
+           'MICRO_PATH', 'MODEL_ALIASES', 'tiny_pipeline', 'resolve_model', 'read_pipeline_index', 'pipeline_kind',
+           'pipeline_geometry', 'SDPipeline', 'load_pipeline', 'encode_prompt', 'sdxl_time_ids', 'initial_noise',
+           'make_scheduler', 'denoise', 'vae_tiling', 'image_latents', 'decode_latents', 'txt2img', 'txt2img_sd21',
+           'txt2img_sdxl', 'img2img', 'IMAGE_MODES', 'SDResult', 'read_input_image', 'preprocess_image', 'to_pil',
+           'show_images', 'RELEASE_MIN_BYTES', 'release_mapped_weights', 'release_after_packing']
 
 # %% ../nbs/12_sd.ipynb #8b1a25d7
 _TOKENIZER_DIR = None
@@ -70,7 +71,8 @@ def tiny_pipeline(kind: str = "sd", path: str | Path | None = None, scheduler: s
     return pipe, path
 
 # %% ../nbs/12_sd.ipynb #dad62b9c
-_all_ = ["IMAGE_MODES", "SDResult", "read_input_image", "preprocess_image", "to_pil", "show_images"]
+_all_ = ["IMAGE_MODES", "SDResult", "read_input_image", "preprocess_image", "to_pil", "show_images",
+         "RELEASE_MIN_BYTES", "release_mapped_weights", "release_after_packing"]
 
 # %% ../nbs/12_sd.ipynb #8f7f1073
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1"
@@ -182,59 +184,6 @@ class SDPipeline:
 
     def device(self, name: str) -> torch.device: return self.manager.device(name)
     def dtype(self, name: str) -> torch.dtype: return self.manager.dtype(name)
-
-# %% ../nbs/12_sd.ipynb #2befef83
-RELEASE_MIN_BYTES = 32 << 20
-
-def _safetensors_mappings(with_dirt: bool = False) -> list[list[int]]:
-    "`[start, end, dirty kB]` of this process's `.safetensors` memory maps (dirt only read from `smaps`)."
-    out, cur = [], None
-    try:
-        with open("/proc/self/smaps" if with_dirt else "/proc/self/maps") as f:
-            for line in f:
-                head = line.split()
-                if not head: continue
-                if not head[0].endswith(":"):                                  # a mapping's header line
-                    cur = None
-                    if len(head) >= 6 and " ".join(head[5:]).endswith(".safetensors"):
-                        cur = [int(x, 16) for x in head[0].split("-")] + [0]; out.append(cur)
-                elif cur is not None and head[0] in ("Private_Dirty:", "Shared_Dirty:"):
-                    cur[2] += int(head[1])
-    except OSError: return []
-    return out
-
-def _madvise_dontneed(lo: int, hi: int) -> int:
-    "Hand back the whole pages inside `[lo, hi)`; returns the bytes advised."
-    page = os.sysconf("SC_PAGE_SIZE")
-    lo, hi = -(-lo // page) * page, hi // page * page
-    if hi <= lo: return 0
-    ok = ctypes.CDLL(None, use_errno=True).madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), 4) == 0
-    return (hi - lo) if ok else 0                                                 # 4 = MADV_DONTNEED
-
-def release_mapped_weights(module: torch.nn.Module, min_bytes: int | None = None) -> int:
-    "Hand the pages of `module`'s memory-mapped CPU weights back to the OS; returns the bytes advised."
-    ptrs = [t.untyped_storage().data_ptr() for t in [*module.parameters(), *module.buffers()]
-            if t.device.type == "cpu"]
-    mine = lambda maps: [(lo, hi) for lo, hi, dirt in maps if dirt == 0 and any(lo <= p < hi for p in ptrs)]
-    least = RELEASE_MIN_BYTES if min_bytes is None else min_bytes
-    if sum(hi - lo for lo, hi in mine(_safetensors_mappings())) < least: return 0
-    return sum(_madvise_dontneed(lo, hi) for lo, hi in mine(_safetensors_mappings(with_dirt=True)))
-
-# %% ../nbs/12_sd.ipynb #963b49e9
-def release_after_packing(model: torch.nn.Module) -> int:
-    "Hook each lazily packing conv so the pages of its memory-mapped plain weight go back once packed."
-    if sum(p.numel() * p.element_size() for p in model.parameters()) < RELEASE_MIN_BYTES: return 0
-    clean = [(lo, hi) for lo, hi, dirt in _safetensors_mappings(with_dirt=True) if dirt == 0]
-    def hook(m, args, out):
-        if "_packed_weight" in m.__dict__: _madvise_dontneed(*m._mapped_range); m._release_hook.remove()
-    n = 0
-    for m in model.modules():
-        w = m._parameters.get("weight") if isinstance(m, PackedConv2d) else None
-        if w is None or not w.numel() or w.device.type != "cpu": continue
-        lo = w.data_ptr(); hi = lo + w.numel() * w.element_size()
-        if any(a <= lo and hi <= b for a, b in clean):
-            m._mapped_range, m._release_hook = (lo, hi), m.register_forward_hook(hook); n += 1
-    return n
 
 # %% ../nbs/12_sd.ipynb #e54efde2
 def _component_dtype(profile: MemoryProfile, name: str) -> torch.dtype:

@@ -9,7 +9,7 @@ from PIL import Image
 
 warnings.filterwarnings("ignore", message=".*torchvision.*")
 import diffuse_nb
-from diffuse_nb import memory, sd
+from diffuse_nb import memory, sd, sd_cpu
 from diffuse_nb.core import read_image_metadata
 
 pytest.importorskip("diffusers")
@@ -232,7 +232,7 @@ def test_result_save_and_metadata(tiny_sd, tmp_path):
 def test_reuse_is_deterministic(tiny_sd, monkeypatch):
     "Generating twice (weights handed back to the OS in between) gives the same latents; a new seed differs."
     _, path, _ = tiny_sd
-    monkeypatch.setattr(sd, "RELEASE_MIN_BYTES", 0)
+    monkeypatch.setattr(sd_cpu, "RELEASE_MIN_BYTES", 0)
     pipe = sd.load_pipeline(path, profile=exact("sd15"))
     assert sd.release_mapped_weights(pipe.unet) > 0                 # the weights are memory-mapped and clean
     kw = dict(num_inference_steps=2, height=32, width=32, progress=False)
@@ -246,7 +246,7 @@ def test_reuse_is_deterministic(tiny_sd, monkeypatch):
 def test_release_after_packing(tiny_sd, monkeypatch):
     "Convs packed on first use hand their plain weight's pages back, once; the picture does not change."
     _, path, pipe = tiny_sd
-    monkeypatch.setattr(sd, "RELEASE_MIN_BYTES", 0)
+    monkeypatch.setattr(sd_cpu, "RELEASE_MIN_BYTES", 0)
     packed = sd.load_pipeline(path, profile="cpu_only")
     hooked = [m for m in packed.unet.modules() if "_release_hook" in m.__dict__]
     assert hooked and all(m.weight.numel() for m in hooked)
