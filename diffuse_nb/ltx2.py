@@ -4,14 +4,13 @@
 
 # %% ../nbs/20_ltx2.ipynb #f2195530
 from __future__ import annotations
-import copy, json, math, time
+import copy, time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
 import diffuse_nb
@@ -22,7 +21,9 @@ from .samplers import calculate_shift
 from .ltx2_pipeline import (DEFAULT_LTX2_MODEL, TEXT_BACKENDS, LTX2Geometry, LTX2Pipeline,
                                       PromptEmbeds, load_ltx2_pipeline, random_prompt_embeds,
                                       read_prompt_embeds, run_phase, validate_resolution, write_prompt_embeds)
-from .video_files import VIDEO_FORMATS, h264_roundtrip, save_video
+from .video_files import VIDEO_FORMATS, save_video
+from .sd_inputs import _check_number, _check_prompts   # the image pipelines' checks
+
 
 # %% auto #0
 __all__ = ['LTX2_DISTILLED_SIGMAS', 'gemma_prompt_embeds', 'encode_ltx2_prompt', 'save_prompt_embeds', 'connect_prompts',
@@ -348,29 +349,6 @@ def _show(self, video: int = 0, n: int = 5, **kwargs):
     for ax, i in zip(np.atleast_1d(axs), idx): ax.imshow(f[i]); ax.set_title(f"frame {i}"); ax.axis("off")
 
 LTX2Result.save, LTX2Result.show = _save_result, _show
-
-# %% ../nbs/20_ltx2.ipynb #6c197096
-def _check_prompts(prompt, negative_prompt) -> tuple[list[str], list[str] | None]:
-    def as_list(x, name):
-        if isinstance(x, str): return [x]
-        if isinstance(x, (list, tuple)) and x and all(isinstance(p, str) for p in x): return list(x)
-        raise TypeError(f"{name} must be a str or a non-empty list of str, got {type(x).__name__} "
-                        f"({x!r:.60})")
-    prompts = as_list(prompt, "prompt")
-    if negative_prompt is None: return prompts, None
-    negs = as_list(negative_prompt, "negative_prompt")
-    if isinstance(negative_prompt, str): negs = negs * len(prompts)
-    if len(negs) != len(prompts):
-        raise ValueError(f"negative_prompt has {len(negs)} entries but prompt has {len(prompts)}")
-    return prompts, negs
-
-def _check_number(name: str, v, lo: float, hi: float | None = None, lo_open: bool = False, integer=False):
-    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
-    ok = isinstance(v, kinds) and not isinstance(v, bool) and math.isfinite(v)
-    if not (ok and (v > lo if lo_open else v >= lo) and (hi is None or v <= hi)):
-        rng = f"{'(' if lo_open else '['}{lo}, " + (f"{hi}]" if hi is not None else "∞)")
-        what = "an int" if integer else "a number"
-        raise ValueError(f"{name}={v!r} is not allowed; allowed: {what} in {rng}")
 
 # %% ../nbs/20_ltx2.ipynb #3370f432
 def _check_sequence_length(n, geometry: LTX2Geometry, backend: str = "gemma3"):
