@@ -10,16 +10,7 @@ import argparse, copy, time
 
 import torch
 
-
-def random_sd21(seed: int = 0):
-    from diffuse_nb.unet import UNet2DConditionModel, SD21_UNET_CONFIG
-    with torch.device("meta"): m = UNet2DConditionModel.from_config(SD21_UNET_CONFIG)
-    m.to_empty(device="cpu")
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for n, p in m.named_parameters():
-            p.normal_(1.0 if ("norm" in n and n.endswith("weight")) else 0.0, 0.02, generator=g)
-    return m.eval()
+from bench_unet import random_sd21          # the seeded full-size SD 2.1 UNet of bench/bench_unet.py
 
 
 def main():
