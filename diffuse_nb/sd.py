@@ -198,18 +198,6 @@ def _prepack(pipe: SDPipeline):
             prepack_for_cpu(m, example_hw=hw)
             if pipe.release_weights: release_after_packing(m)
 
-# %% ../nbs/12_sd.ipynb #abbca174
-_INIT_FILLS = tuple(n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_"))
-
-@contextmanager
-def _skip_init():
-    "While inside, `torch.nn.init.normal_`, `uniform_`, `kaiming_uniform_`, … return their tensor untouched."
-    saved = {n: getattr(torch.nn.init, n) for n in _INIT_FILLS}
-    for n in _INIT_FILLS: setattr(torch.nn.init, n, lambda tensor, *args, **kwargs: tensor)
-    try: yield
-    finally:
-        for n, f in saved.items(): setattr(torch.nn.init, n, f)
-
 # %% ../nbs/12_sd.ipynb #9646ebcf
 def load_pipeline(path_or_repo_id: str | Path = "micro", profile="auto", dtype=None, devices=None,
                   variant: str | None = None, local_files_only: bool | None = None) -> SDPipeline:
@@ -226,9 +214,8 @@ def load_pipeline(path_or_repo_id: str | Path = "micro", profile="auto", dtype=N
         cls = COMPONENT_CLASSES.get(cls_name)
         if cls is CLIPTokenizer: comps[name] = cls.from_pretrained(src, subfolder=name, **local)
         elif cls is not None:
-            with _skip_init():
-                comps[name] = cls.from_pretrained(src, subfolder=name, dtype=_component_dtype(prof, name),
-                                                  device="cpu", variant=variant, **local)
+            comps[name] = cls.from_pretrained(src, subfolder=name, dtype=_component_dtype(prof, name),
+                                              device="cpu", variant=variant, **local)
     pipe = SDPipeline(kind, path_or_repo_id, comps, load_scheduler(src, "scheduler", **local), prof, config)
     if prof.cpu_prepack: _prepack(pipe)
     return pipe

@@ -5,6 +5,7 @@
 # %% ../nbs/01_weights.ipynb #4f2e34b2
 from __future__ import annotations
 import dataclasses, json, math, mmap, os, re, struct, warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -17,8 +18,8 @@ from .core import get_device, get_dtype
 # %% auto #0
 __all__ = ['CheckpointError', 'read_safetensors_header', 'SafetensorsFile', 'select_weight_files', 'CheckpointFiles',
            'find_checkpoint', 'load_state_dict', 'check_keys', 'load_weights', 'config_dataclass', 'ConfigMapping',
-           'resolve_model_dir', 'load_config', 'load_model_index', 'load_pretrained', 'FromPretrained', 'save_model',
-           'convert_to_safetensors']
+           'resolve_model_dir', 'load_config', 'load_model_index', 'skip_init', 'load_pretrained', 'FromPretrained',
+           'save_model', 'convert_to_safetensors']
 
 # %% ../nbs/01_weights.ipynb #3c4ff42d
 class CheckpointError(Exception):
@@ -428,6 +429,19 @@ def load_model_index(path_or_repo_id: str | Path, local_files_only: bool | None 
     return {k: tuple(v) for k, v in idx.items()
             if not k.startswith("_") and isinstance(v, list) and v[0] is not None}
 
+# %% ../nbs/01_weights.ipynb #a5k1p002
+_INIT_FILLS = tuple(n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_"))
+
+@contextmanager
+def skip_init():
+    "While inside, `torch.nn.init.normal_`, `uniform_`, `kaiming_uniform_`, … return their tensor untouched."
+    saved = {n: getattr(torch.nn.init, n) for n in _INIT_FILLS}
+    for n in _INIT_FILLS: setattr(torch.nn.init, n, lambda tensor, *args, **kwargs: tensor)
+    try: yield
+    finally:
+        for n, f in saved.items(): setattr(torch.nn.init, n, f)
+
+
 # %% ../nbs/01_weights.ipynb #47d7ccf6
 def load_pretrained(cls, path_or_repo_id: str | Path, subfolder: str | None = None, dtype=None, device="cpu",
                     variant: str | None = None, local_files_only: bool | None = None, strict: bool = True,
@@ -444,7 +458,7 @@ def load_pretrained(cls, path_or_repo_id: str | Path, subfolder: str | None = No
         config = _read_json(d / "config.json")
     ckpt = find_checkpoint(d, variant)                              # headers only: cheap, validates the files
     with torch.inference_mode(False):            # ordinary (trainable) tensors even when called under inference
-        with torch.device("meta"): model = cls.from_config(config)
+        with torch.device("meta"), skip_init(): model = cls.from_config(config)
         load_weights(model, ckpt, strict=strict, dtype=dtype, device=device, progress=progress, mmap=mmap)
     return model.eval()
 

@@ -349,9 +349,10 @@ def test_model_aliases(tiny_sd, monkeypatch, tmp_path):
 
 def test_skip_init_restores_torch_init(tiny_sd):
     "Loading does not run torch.nn.init's random fills, and leaves them as they were."
-    before = {n: getattr(torch.nn.init, n) for n in sd._INIT_FILLS}
+    from diffuse_nb import weights
+    before = {n: getattr(torch.nn.init, n) for n in weights._INIT_FILLS}
     with pytest.raises(RuntimeError):
-        with sd._skip_init():
+        with weights.skip_init():
             x = torch.ones(3); assert torch.nn.init.normal_(x) is x and torch.equal(x, torch.ones(3))
             raise RuntimeError("inside")
     assert all(getattr(torch.nn.init, n) is f for n, f in before.items())
