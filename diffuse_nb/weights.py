@@ -446,8 +446,13 @@ def skip_init():
 def load_pretrained(cls, path_or_repo_id: str | Path, subfolder: str | None = None, dtype=None, device="cpu",
                     variant: str | None = None, local_files_only: bool | None = None, strict: bool = True,
                     revision: str | None = None, config: dict | None = None, progress: bool = False,
-                    mmap: bool = True):
+                    mmap: bool = True, gguf_file: str | Path | None = None):
     "Build `cls.from_config(config.json)` on `meta`, then load its safetensors weights (strict, one copy)."
+    if gguf_file is not None or str(path_or_repo_id).lower().endswith(".gguf"):   # GGUF: see 10b_gguf
+        from diffuse_nb.gguf_loader import load_pretrained_gguf
+        return load_pretrained_gguf(cls, path_or_repo_id, gguf_file, subfolder=subfolder, config=config,
+                                    dtype=dtype, device=device, local_files_only=local_files_only,
+                                    revision=revision)
     device = get_device(device); dtype = get_dtype(dtype)
     d = resolve_model_dir(path_or_repo_id, subfolder, variant=variant, local_files_only=local_files_only,
                           revision=revision)
