@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_layers.ipynb #2c4b255e
 from __future__ import annotations
-import dataclasses, itertools, math, os
+import dataclasses, importlib.util, itertools, math, os, warnings
 from contextlib import contextmanager
 from typing import Callable, Mapping, Sequence
 
@@ -15,20 +15,43 @@ import torch.nn.functional as F
 from .weights import FromPretrained, config_dataclass
 
 # %% auto #0
-__all__ = ['ATTENTION_BACKENDS', 'ACTIVATIONS', 'set_attention_backend', 'get_attention_backend', 'attention_backend',
-           'math_attention', 'scaled_dot_product_attention', 'attention', 'Attention', 'rms_norm', 'RMSNorm',
-           'gelu_tanh', 'quick_gelu', 'get_activation', 'geglu', 'GELU', 'GEGLU', 'FeedForward', 'GatedMLP',
-           'timestep_embedding', 'Timesteps', 'TimestepEmbedding', 'ResnetBlock2D', 'Downsample2D', 'Upsample2D',
-           'ModelOutput', 'PretrainedModel']
+__all__ = ['ALL_ATTENTION_BACKENDS', 'ATTENTION_BACKENDS', 'ACTIVATIONS', 'AttentionBackendUnavailable', 'set_attention_backend',
+           'get_attention_backend', 'attention_backend', 'math_attention', 'scaled_dot_product_attention', 'attention',
+           'Attention', 'rms_norm', 'RMSNorm', 'gelu_tanh', 'quick_gelu', 'get_activation', 'geglu', 'GELU', 'GEGLU',
+           'FeedForward', 'GatedMLP', 'timestep_embedding', 'Timesteps', 'TimestepEmbedding', 'ResnetBlock2D',
+           'Downsample2D', 'Upsample2D', 'ModelOutput', 'PretrainedModel']
 
 # %% ../nbs/05_layers.ipynb #c314e75c
-ATTENTION_BACKENDS = ("sdpa", "math")
+_TORCH_KERNELS = {"sdpa_math": "MATH", "sdpa_flash": "FLASH_ATTENTION",          # name -> SDPBackend member
+                  "sdpa_efficient": "EFFICIENT_ATTENTION", "sdpa_cudnn": "CUDNN_ATTENTION"}
+_PACKAGES = {"flex": "torch.nn.attention.flex_attention", "flash": "flash_attn", "sage": "sageattention",
+             "xformers": "xformers"}
+_PIP = {"flex": "torch>=2.5", "flash": "flash-attn", "sage": "sageattention", "xformers": "xformers"}
+ALL_ATTENTION_BACKENDS = ("sdpa", "math", *_TORCH_KERNELS, *_PACKAGES)
+
+def _installed(name: str) -> bool:
+    "Whether backend `name` can run here: its package (or PyTorch kernel) is present; nothing is imported."
+    if name in _TORCH_KERNELS: return hasattr(torch.nn.attention.SDPBackend, _TORCH_KERNELS[name])
+    if name not in _PACKAGES: return True
+    try: return importlib.util.find_spec(_PACKAGES[name]) is not None
+    except (ImportError, ValueError): return False
+
+ATTENTION_BACKENDS = tuple(n for n in ALL_ATTENTION_BACKENDS if _installed(n))   # usable in this environment
 _ATTENTION_ENV = "DIFFUSE_NB_ATTENTION"
 _backend: str | None = None                   # None: not chosen yet, read the environment on first use
 
+# %% ../nbs/05_layers.ipynb #092da0aa
+class AttentionBackendUnavailable(ImportError, ValueError):
+    "A known attention backend whose package is missing (both an `ImportError` and a `ValueError`)."
+
 def _check_backend(name, what: str):
-    if name not in ATTENTION_BACKENDS:
+    if name in ATTENTION_BACKENDS: return
+    if name not in ALL_ATTENTION_BACKENDS:
         raise ValueError(f"{what}={name!r} is not an attention backend; allowed: {list(ATTENTION_BACKENDS)}")
+    if not _installed(name):
+        raise AttentionBackendUnavailable(
+            f"{what}={name!r}: this attention backend needs the `{_PACKAGES[name]}` package, which is not "
+            f"installed (pip install {_PIP[name]}); usable here: {list(ATTENTION_BACKENDS)}")
 
 def set_attention_backend(name: str | None = None) -> None:
     "Use attention backend `name` everywhere; `None`: env `DIFFUSE_NB_ATTENTION` if set, else `'sdpa'`."
@@ -72,6 +95,101 @@ def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask:
         weights = weights.masked_fill(torch.isneginf(scores).all(-1, keepdim=True), 0.0)
     return weights.to(v.dtype) @ v                                          # (B, H, Lq, Dv)
 
+# %% ../nbs/05_layers.ipynb #2c69a3f7
+_warned: set = set()
+
+def _warn_once(backend: str, reason: str, message: str):
+    "Warn the first time `backend` meets `reason` (the message describes the inputs of that first time)."
+    if (backend, reason) in _warned: return
+    _warned.add((backend, reason))
+    warnings.warn(f"attention backend {backend!r}: {message}", stacklevel=4)
+
+def _describe(q, k, attn_mask, is_causal) -> str:
+    mask = "no mask" if attn_mask is None else f"{str(attn_mask.dtype).removeprefix('torch.')} mask"
+    gqa = f", {q.shape[1]}/{k.shape[1]} heads" if q.shape[1] != k.shape[1] else ""
+    causal = ", causal" if is_causal else ""
+    return f"{str(q.dtype).removeprefix('torch.')} on {q.device.type}, {mask}{causal}{gqa}"
+
+def _sdpa(q, k, v, attn_mask, is_causal, scale):
+    if attn_mask is not None and attn_mask.dtype != torch.bool: attn_mask = attn_mask.to(q.dtype)
+    gqa = dict(enable_gqa=True) if q.shape[1] != k.shape[1] else {}
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale,
+                                          **gqa)
+
+def _torch_kernel(name, q, k, v, attn_mask, is_causal, scale):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    try:
+        with sdpa_kernel(getattr(SDPBackend, _TORCH_KERNELS[name])):
+            return _sdpa(q, k, v, attn_mask, is_causal, scale)
+    except RuntimeError as e:
+        if "No available kernel" not in str(e) and "No viable backend" not in str(e): raise
+    _warn_once(name, f"{q.device.type} {q.dtype}",
+               f"PyTorch has no such kernel for {_describe(q, k, attn_mask, is_causal)}; using 'sdpa'")
+    return _sdpa(q, k, v, attn_mask, is_causal, scale)
+
+# %% ../nbs/05_layers.ipynb #0cfbaa55
+def _flex(q, k, v, attn_mask, is_causal, scale):
+    from torch.nn.attention.flex_attention import flex_attention
+    B, H, Lq, Lk = *q.shape[:3], k.shape[2]
+    score_mod, inf = None, float("inf")
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        m = attn_mask.expand(B, H, Lq, Lk)
+        score_mod = lambda score, b, h, i, j: torch.where(m[b, h, i, j], score, -inf)
+    elif attn_mask is not None:
+        m = attn_mask.to(q.dtype).expand(B, H, Lq, Lk)
+        score_mod = lambda score, b, h, i, j: score + m[b, h, i, j]
+    elif is_causal: score_mod = lambda score, b, h, i, j: torch.where(i >= j, score, -inf)
+    run = lambda: flex_attention(q, k, v, score_mod=score_mod, scale=scale, enable_gqa=H != k.shape[1])
+    if torch.compiler.is_compiling(): return run()
+    _warn_once("flex", "eager", "outside torch.compile flex_attention runs unfused (it holds every score, "
+                                "as 'math' does); compile the model for the fused kernel")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile")
+        return run()
+
+# %% ../nbs/05_layers.ipynb #d2657827
+_HALF = (torch.float16, torch.bfloat16)
+_NEEDS = {"flash": dict(devices=("cuda",), dtypes=_HALF, head_dims=range(1, 257)),
+          "sage": dict(devices=("cuda",), dtypes=_HALF, head_dims=(64, 96, 128)),
+          "xformers": dict(devices=("cuda",), dtypes=(*_HALF, torch.float32), head_dims=None)}
+
+def _unsupported(name, q, k, v, attn_mask, is_causal) -> str | None:
+    "Why package backend `name` cannot take these inputs exactly (None: it can)."
+    need = _NEEDS[name]
+    if q.device.type not in need["devices"]:
+        return f"runs on {list(need['devices'])} only, not {q.device.type}"
+    if q.dtype not in need["dtypes"]:
+        return f"takes {[str(d).removeprefix('torch.') for d in need['dtypes']]}, not {q.dtype}"
+    if attn_mask is not None: return "takes no attention mask"
+    if is_causal and q.shape[2] != k.shape[2]:
+        return "aligns a causal mask bottom-right when Lq != Lk (ours: top-left)"
+    if need["head_dims"] is not None and (q.shape[-1] not in need["head_dims"] or v.shape[-1] != q.shape[-1]):
+        return f"takes head_dim {need['head_dims']}, not {q.shape[-1]}"
+    return None
+
+def _heads(q, k, v):
+    r = q.shape[1] // k.shape[1]
+    return (k, v) if r == 1 else (k.repeat_interleave(r, 1), v.repeat_interleave(r, 1))   # -> (B, H, Lk, D)
+
+# %% ../nbs/05_layers.ipynb #c9b6d30f
+def _flash(q, k, v, is_causal, scale):
+    from flash_attn import flash_attn_func                                  # grouped-query heads built in
+    t = lambda x: x.transpose(1, 2)                                         # (B, H, L, D) <-> (B, L, H, D)
+    return t(flash_attn_func(t(q), t(k), t(v), softmax_scale=scale, causal=is_causal))
+
+def _sage(q, k, v, is_causal, scale):
+    from sageattention import sageattn
+    k, v = _heads(q, k, v)
+    return sageattn(q, k, v, tensor_layout="HND", is_causal=is_causal, sm_scale=scale)
+
+def _xformers(q, k, v, is_causal, scale):
+    from xformers.ops import LowerTriangularMask, memory_efficient_attention
+    (k, v), t = _heads(q, k, v), lambda x: x.transpose(1, 2)
+    bias = LowerTriangularMask() if is_causal else None
+    return t(memory_efficient_attention(t(q), t(k), t(v), attn_bias=bias, scale=scale))
+
+_RUNNERS = {"flash": _flash, "sage": _sage, "xformers": _xformers}
+
 # %% ../nbs/05_layers.ipynb #ed2e8fd9
 def _check_qkv(q, k, v):
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
@@ -97,10 +215,13 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
         else: attn_mask = attn_mask.masked_fill(~keep, float("-inf"))
         is_causal = False
     if backend == "math": return math_attention(q, k, v, attn_mask, is_causal, scale)
-    if attn_mask is not None and attn_mask.dtype != torch.bool: attn_mask = attn_mask.to(q.dtype)
-    gqa = dict(enable_gqa=True) if q.shape[1] != k.shape[1] else {}
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale,
-                                          **gqa)
+    if backend == "flex": return _flex(q, k, v, attn_mask, is_causal, scale)
+    if backend in _TORCH_KERNELS: return _torch_kernel(backend, q, k, v, attn_mask, is_causal, scale)
+    if backend in _RUNNERS:
+        why = _unsupported(backend, q, k, v, attn_mask, is_causal)
+        if why is None: return _RUNNERS[backend](q, k, v, is_causal, scale)
+        _warn_once(backend, why, f"{why} ({_describe(q, k, attn_mask, is_causal)}); using 'sdpa'")
+    return _sdpa(q, k, v, attn_mask, is_causal, scale)
 
 # %% ../nbs/05_layers.ipynb #a474c6e8
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int,
