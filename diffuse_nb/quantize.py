@@ -4,17 +4,18 @@
 
 # %% ../nbs/10a_quantize.ipynb #d9cfae22
 from __future__ import annotations
-import math, re
+import logging, math, re
 from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['QUANT_FORMATS', 'LAYER_TYPES', 'NF4_TABLE', 'DEFAULT_QUANT_SKIP', 'STORAGE_DTYPES', 'COMPUTE_DTYPES',
-           'DEFAULT_CASTING_SKIP', 'quantize_int8', 'dequantize_int8', 'quantize_nf4', 'dequantize_nf4',
-           'register_weight_format', 'DecodedWeight', 'encode_layer_', 'decode_layer_', 'weight_formats', 'restore_',
-           'weight_bytes', 'psnr', 'select_layers', 'quantize_', 'apply_layerwise_casting']
+__all__ = ['QUANT_FORMATS', 'LAYER_TYPES', 'NF4_TABLE', 'DEFAULT_QUANT_SKIP', 'QUANT_BACKENDS', 'STORAGE_DTYPES',
+           'COMPUTE_DTYPES', 'DEFAULT_CASTING_SKIP', 'quantize_int8', 'dequantize_int8', 'quantize_nf4',
+           'dequantize_nf4', 'register_weight_format', 'DecodedWeight', 'encode_layer_', 'decode_layer_',
+           'weight_formats', 'restore_', 'weight_bytes', 'psnr', 'select_layers', 'import_torchao', 'quantize_',
+           'apply_layerwise_casting']
 
 # %% ../nbs/10a_quantize.ipynb #429fe891
 QUANT_FORMATS = ("int8", "nf4")
@@ -147,17 +148,30 @@ def decode_layer_(m: DecodedWeight) -> nn.Module:
     m.register_parameter("bias", None if bias is None else nn.Parameter(bias.detach(), requires_grad=False))
     return m
 
+def _subclass_weight(m: nn.Module) -> bool:
+    "Is `m.weight` a quantized tensor subclass (torchao's `Int8Tensor`, section 5), not a plain tensor?"
+    w = m._parameters.get("weight") if isinstance(m, nn.Module) else None
+    return w is not None and type(w) not in (nn.Parameter, torch.Tensor) and hasattr(w, "dequantize")
+
 def weight_formats(model: nn.Module) -> dict[str, str]:
     "Layer name -> stored weight format, for every encoded layer of `model`."
-    return {n: m.weight_format for n, m in model.named_modules() if isinstance(m, DecodedWeight)}
+    return {n: m.weight_format if isinstance(m, DecodedWeight) else f"torchao {type(m.weight).__name__}"
+            for n, m in model.named_modules() if isinstance(m, DecodedWeight) or _subclass_weight(m)}
 
 def restore_(model: nn.Module) -> nn.Module:
     "Decode every encoded layer of `model` back to plain dense parameters, in place; returns `model`."
     for m in list(model.modules()):
         if isinstance(m, DecodedWeight): decode_layer_(m)
+        elif _subclass_weight(m): m.weight = nn.Parameter(m.weight.dequantize().detach(), requires_grad=False)
     return model
 
 # %% ../nbs/10a_quantize.ipynb #cb19f5bf
+def _nbytes(t: torch.Tensor) -> int:
+    "Bytes of a tensor; a wrapper subclass (torchao's int8 weights) counts the tensors inside it."
+    if type(t) not in (nn.Parameter, torch.Tensor) and hasattr(t, "__tensor_flatten__"):
+        return sum(_nbytes(getattr(t, n)) for n in t.__tensor_flatten__()[0] if getattr(t, n) is not None)
+    return t.numel() * t.element_size()
+
 def weight_bytes(model: nn.Module) -> int:
     "Bytes of `model`'s parameters and persistent buffers as stored (encoded layers at their encoded size)."
     seen, total = set(), 0
@@ -166,7 +180,7 @@ def weight_bytes(model: nn.Module) -> int:
                                                   if n not in m._non_persistent_buffers_set]
         for t in tensors:
             if t is None or id(t) in seen: continue
-            seen.add(id(t)); total += t.numel() * t.element_size()
+            seen.add(id(t)); total += _nbytes(t)
     return total
 
 def psnr(x: torch.Tensor, reference: torch.Tensor, data_range: float | None = None) -> float:
@@ -187,7 +201,7 @@ def select_layers(model: nn.Module, skip: Sequence[str] = (), what: str = "quant
     if isinstance(skip, str): skip = (skip,)
     layers = [(n, m) for n, m in model.named_modules()
               if isinstance(m, LAYER_TYPES) and not _matches(n, skip)]
-    done = [n for n, m in layers if isinstance(m, DecodedWeight)]
+    done = [n for n, m in layers if isinstance(m, DecodedWeight) or _subclass_weight(m)]
     if done:
         kinds = sorted(set(weight_formats(model).values()))
         raise ValueError(f"{what}: {len(done)} layers are already stored as {kinds} "
@@ -215,18 +229,49 @@ def _check_quant_args(weight_format, block_size):
         raise ValueError(f"block_size={block_size!r} must be an even int >= 2 (NF4 packs two codes a byte)")
 
 # %% ../nbs/10a_quantize.ipynb #e6c8d676
+QUANT_BACKENDS = ("diffuse_nb", "torchao")
+
+def import_torchao():
+    "`torchao.quantization`, imported quietly, or an `ImportError` saying how to install it."
+    loggers = [logging.getLogger(n) for n in ("torchao", "torch.utils._pytree")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers: lg.setLevel(logging.ERROR)
+    try: import torchao.quantization as ao
+    except ImportError as e:
+        raise ImportError("backend='torchao' needs the torchao package: pip install torchao") from e
+    finally:
+        for lg, level in zip(loggers, levels): lg.setLevel(level)
+    return ao
+
+# %% ../nbs/10a_quantize.ipynb #bc0bd7e8
+def _check_backend(backend, weight_format):
+    if backend not in QUANT_BACKENDS:
+        raise ValueError(f"backend={backend!r} is not supported; use one of {QUANT_BACKENDS}")
+    if backend == "torchao" and weight_format != "int8":
+        raise ValueError(f"backend='torchao' offers weight_format='int8' only, got {weight_format!r}")
+
+def _torchao_int8_(model: nn.Module, names: set[str]):
+    "torchao's int8 weight-only quantization on the `nn.Linear` layers called `names`."
+    ao = import_torchao()
+    ao.quantize_(model, ao.Int8WeightOnlyConfig(), filter_fn=lambda m, fqn: fqn in names)
+
+# %% ../nbs/10a_quantize.ipynb #918fc1d8
 def quantize_(model: nn.Module, weight_format: str = "int8", skip: Sequence[str] = DEFAULT_QUANT_SKIP,
               block_size: int = 64, device: str | torch.device | None = None,
-              progress: bool = False) -> nn.Module:
+              progress: bool = False, backend: str = "diffuse_nb") -> nn.Module:
     "Store the Linear/Conv weights of `model` as int8 or NF4, decoded per layer on the fly; in place."
-    _check_quant_args(weight_format, block_size)
+    _check_quant_args(weight_format, block_size); _check_backend(backend, weight_format)
     layers = select_layers(model, skip, "quantize_")
     bad = [(n, m.weight.dtype) for n, m in layers if not m.weight.is_floating_point()]
     if bad: raise ValueError(f"quantize_: layer {bad[0][0]!r} has {bad[0][1]} weights; need floating point")
+    linears = {n for n, m in layers if type(m) is nn.Linear} if backend == "torchao" else set()
+    if linears: import_torchao()                                # missing package: before any layer changes
     target = None if device is None else torch.device(device)
     from tqdm.auto import tqdm
     with torch.no_grad():
+        if linears: _torchao_int8_(model, linears)
         for name, m in tqdm(layers, desc=f"quantize {weight_format}", disable=not progress):
+            if name in linears: continue
             w = m.weight
             stored = _encode(w, weight_format, block_size)     # where the weights are (CPU while loading)
             encode_layer_(m, weight_format, stored, w.dtype)
