@@ -11,14 +11,15 @@ DiT: the full LTX-2 DiT (19B) does not fit a 24 GiB machine in float32, so this 
 `--blocks` full-width transformer blocks of the released config (video 32 × 128, audio 32 × 64; 386 M parameters
 each), seeded N(0, 0.02²) weights (q/k norm weights N(1, 0.02²)), fed the arguments the model passes its blocks
 (bench_ltx2_dit.block_inputs: `--video-tokens` video, `--audio-tokens` audio and `--prompt-tokens` prompt tokens,
-modulations, RoPE tables, a prompt mask), run one after another. Each format is applied to a copy (GGUF: written
-with save_gguf, then loaded into blocks built on meta); bytes are the stored bytes over the float16 bytes of all
+modulations, RoPE tables, a prompt mask), run one after another. Each format is applied to the same blocks rebuilt from
+their seed, so only one model is in memory at a time (GGUF: written with save_gguf, then loaded into blocks built
+on meta); bytes are the stored bytes over the float16 bytes of all
 parameters (the few unencoded tensors — biases, q/k norms, modulation tables — count at float32). With torchao
 installed, its int8 weight-only linears are a row too. PSNR is measured twice against float32: on the
 blocks' output (both streams), and on their update, output − input: the residual stream carries the input
 through unchanged, so the update is where the formats differ, and its PSNR is the stricter figure.
 """
-import argparse, copy, importlib.util, math, os, statistics, tempfile, time
+import argparse, copy, importlib.util, os, tempfile, time
 from pathlib import Path
 
 import torch
@@ -108,30 +109,33 @@ def dit_table(args):
     tmp = Path(tempfile.mkdtemp(prefix="dit_gguf_", dir=args.tmp))
 
     def gguf(kind):
-        def apply(m):
-            path = save_gguf(m, tmp / f"blocks-{kind}.gguf", kind)
+        def apply(make):
+            path = save_gguf(make(), tmp / f"blocks-{kind}.gguf", kind)    # the float32 blocks are freed here
             with torch.device("meta"): fresh = DiTBlocks(cfg, args.blocks)
             out = load_gguf_(fresh.eval(), path)
             os.remove(path)
             return out
         return apply
 
-    formats = [(f"cast {d}", lambda m, d=d: apply_layerwise_casting(m, getattr(torch, d)))
+    formats = [(f"cast {d}", lambda make, d=d: apply_layerwise_casting(make(), getattr(torch, d)))
                for d in ("float8_e4m3fn", "float8_e5m2", "float16", "bfloat16")]
-    formats += [("int8", lambda m: quantize_(m, "int8")), ("nf4", lambda m: quantize_(m, "nf4"))]
+    formats += [("int8", lambda make: quantize_(make(), "int8")), ("nf4", lambda make: quantize_(make(), "nf4"))]
     if importlib.util.find_spec("torchao"):
-        formats.append(("int8 (torchao)", lambda m: quantize_(m, "int8", backend="torchao")))
+        formats.append(("int8 (torchao)", lambda make: quantize_(make(), "int8", backend="torchao")))
     formats += [(f"GGUF {k}", gguf(k)) for k in ("Q8_0", "Q4_K", "Q4_0")]
+    del blocks                                   # rebuilt from its seed per format: one model in memory at a time
     for name, apply in formats:
         if args.only and not any(o in name for o in args.only): continue
-        m = copy.deepcopy(blocks)
-        t0 = time.perf_counter(); m = apply(m); t_conv = time.perf_counter() - t0
+        build = []
+        def make():
+            t0 = time.perf_counter(); m = random_blocks(cfg, args.blocks); build.append(time.perf_counter() - t0)
+            return m
+        t0 = time.perf_counter(); m = apply(make); t_conv = time.perf_counter() - t0 - sum(build)
         with torch.no_grad():
             t0 = time.perf_counter(); y = m(inputs); t_fwd = time.perf_counter() - t0
         print(f"| {name} | {weight_bytes(m) / fp16:.3f} | {psnr(y, ref):.1f} | {psnr(y - start, ref - start):.1f} "
               f"| {t_conv:.1f} | {t_fwd:.1f} |", flush=True)
         del m, y
-
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -233,9 +233,9 @@ def _strip_prefix(name: str) -> str:
 def community_key_map(model: nn.Module, file_names: Sequence[str]) -> tuple[dict | None, tuple]:
     "`(file name -> model key, names to ignore)` for LDM-UNet or original LTX-2 names, else `(None, ())`."
     stripped, keys = [_strip_prefix(n) for n in file_names], list(model.state_dict(keep_vars=True))
-    config = getattr(model, "config", None) or {}
-    if "up_block_types" in config and any(s.startswith(("input_blocks.", "middle_block.", "output_blocks."))
-                                          for s in stripped):
+    config = getattr(model, "config", None)
+    ldm = any(s.startswith(("input_blocks.", "middle_block.", "output_blocks.")) for s in stripped)
+    if ldm and isinstance(config, Mapping) and "up_block_types" in config:
         return {v: k for k, v in ldm_unet_key_map(config, keys).items()}, ()
     if any(s.startswith(("patchify_proj.", "adaln_single.")) for s in stripped):
         return {v: k for k, v in ltx2_dit_key_map(keys).items()}, LTX2_IGNORED

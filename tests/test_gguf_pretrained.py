@@ -144,3 +144,23 @@ def test_errors_before_loading(monkeypatch):
         UNet2DConditionModel.from_pretrained(d, subfolder="unet", gguf_file="xl.gguf")
     with pytest.raises(ValueError, match="has shape"):
         UNet2DConditionModel.from_pretrained(d, subfolder="unet", gguf_file="ctx64.gguf")
+
+
+def test_hub_repo_from_the_local_cache(monkeypatch):
+    "A Hub repo id resolved offline from a (hand-made) Hugging Face cache: config.json and the GGUF beside it."
+    import shutil
+    from huggingface_hub import constants
+    unet, d = unet_folder()
+    save_gguf(unet, d / "unet" / "u.gguf", "Q8_0")
+    cache = temp_dir()
+    repo = cache / "models--someone--tiny-sd"
+    (repo / "refs").mkdir(parents=True); (repo / "refs" / "main").write_text("0" * 40)
+    shutil.copytree(d / "unet", repo / "snapshots" / ("0" * 40) / "unet")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    a = UNet2DConditionModel.from_pretrained("someone/tiny-sd", subfolder="unet", gguf_file="u.gguf")
+    b = UNet2DConditionModel.from_pretrained(d, subfolder="unet", gguf_file="u.gguf")
+    assert torch.equal(run(a), run(b))
+    with pytest.raises(FileNotFoundError, match="not available"):
+        UNet2DConditionModel.from_pretrained("someone/tiny-sd", subfolder="unet", gguf_file="other.gguf")
+    with pytest.raises(FileNotFoundError, match="hf download"):
+        UNet2DConditionModel.from_pretrained("someone/absent", subfolder="unet", gguf_file="u.gguf")
