@@ -403,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"diffuse-nb: error: choose a command: {', '.join(COMMANDS)}", file=sys.stderr); return 2
     if getattr(args, "threads", None): torch.set_num_threads(args.threads)
     try: return int(args.run(args) or 0)
+    except BrokenPipeError:       # `diffuse-nb profile | head` closed the pipe early: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # no second error at exit
+        return 0
     except USER_ERRORS as e:
         if os.environ.get("DIFFUSE_NB_DEBUG"): raise
         print(f"diffuse-nb {args.command}: error: {e}", file=sys.stderr)

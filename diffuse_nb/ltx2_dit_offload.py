@@ -4,7 +4,7 @@
 
 # %% ../nbs/18a_ltx2_dit_offload.ipynb #85373a5e
 from __future__ import annotations
-import math, warnings
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Sequence
@@ -14,7 +14,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from .core import get_device, get_dtype
-from .ltx2_dit import (LTX2DiTInputs, LTX2VideoTransformer3DConfig, LTX2VideoTransformer3DModel,
+from .ltx2_dit import (LTX2DiTInputs, LTX2VideoTransformer3DModel,
                                  check_dit_devices, check_dit_inputs)
 from .memory import BlockOffloader, MemoryProfile, vram_info
 

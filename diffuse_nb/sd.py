@@ -31,11 +31,11 @@ from .sd_inputs import (IMAGE_MODES, SDResult, read_input_image, preprocess_imag
 
 # %% auto #0
 __all__ = ['DEFAULT_MODEL', 'DEFAULT_SDXL_MODEL', 'PIPELINE_CLASSES', 'COMPONENT_CLASSES', 'SKIPPED_COMPONENTS', 'MODELS',
-           'MICRO_PATH', 'MODEL_ALIASES', 'tiny_pipeline', 'resolve_model', 'read_pipeline_index', 'pipeline_kind',
-           'pipeline_geometry', 'SDPipeline', 'load_pipeline', 'encode_prompt', 'sdxl_time_ids', 'initial_noise',
-           'make_scheduler', 'denoise', 'vae_tiling', 'image_latents', 'decode_latents', 'txt2img', 'txt2img_sd21',
-           'txt2img_sdxl', 'img2img', 'IMAGE_MODES', 'SDResult', 'read_input_image', 'preprocess_image', 'to_pil',
-           'show_images', 'RELEASE_MIN_BYTES', 'release_mapped_weights', 'release_after_packing']
+           'MICRO_PATH', 'MODEL_ALIASES', 'tiny_pipeline', 'resolve_model', 'model_name', 'read_pipeline_index',
+           'pipeline_kind', 'pipeline_geometry', 'SDPipeline', 'load_pipeline', 'encode_prompt', 'sdxl_time_ids',
+           'initial_noise', 'make_scheduler', 'denoise', 'vae_tiling', 'image_latents', 'decode_latents', 'txt2img',
+           'txt2img_sd21', 'txt2img_sdxl', 'img2img', 'IMAGE_MODES', 'SDResult', 'read_input_image', 'preprocess_image',
+           'to_pil', 'show_images', 'RELEASE_MIN_BYTES', 'release_mapped_weights', 'release_after_packing']
 
 # %% ../nbs/12_sd.ipynb #8b1a25d7
 _TOKENIZER_DIR = None
@@ -111,6 +111,12 @@ def resolve_model(model):
                                 f"model_index.json there); reinstall diffuse_nb, or pass a pipeline folder "
                                 f"or a Hub repo id")
     return target
+
+def model_name(path) -> str:
+    "How results name a model: the alias of a shipped folder (\"micro\"), else the folder or Hub repo id."
+    for name, target in MODEL_ALIASES.items():
+        if isinstance(target, Path) and str(target) == str(path): return name
+    return str(path)
 
 # %% ../nbs/12_sd.ipynb #05b09e5a
 def read_pipeline_index(path_or_repo_id: str | Path, local_files_only: bool | None = None
@@ -425,7 +431,7 @@ def _metadata(task, pipe, prompts, negs, seed, sched, scheduler, steps, guidance
                 scheduler=scheduler if isinstance(scheduler, str) else type(sched).__name__,
                 height=hw[0], width=hw[1], num_images=num_images,
                 **({"strength": strength} if strength else {}),
-                model=pipe.path, kind=pipe.kind, profile=pipe.profile.name,
+                model=model_name(pipe.path), kind=pipe.kind, profile=pipe.profile.name,
                 devices={n: str(pipe.device(n)) for n in names},
                 dtypes={n: str(pipe.dtype(n)).removeprefix("torch.") for n in names},
                 phases={r.label: dict(seconds=round(r.seconds, 4), peak_bytes=int(r.peak_bytes),

@@ -226,7 +226,7 @@ def _save(self, path: str | Path | None = None, overwrite: bool = False) -> list
         raise FileExistsError(f"{there[0]} already exists; pass overwrite=True to replace it")
     as_text = lambda v: v if isinstance(v, str) else json.dumps(v, default=str)
     for i, p in enumerate(paths):
-        meta = {k: as_text(v) for k, v in self.image_metadata(i).items()}
+        meta = {k: as_text(v) for k, v in self.image_metadata(i).items() if v is not None}
         save_image(self.images[i], p, meta, overwrite=overwrite)
     return paths
 

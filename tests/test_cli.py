@@ -87,7 +87,9 @@ def test_default_model_is_micro(tmp_path, capsys):
     code, _, err = run(capsys, "txt2img", "a red circle on a white background", "--steps", 3,
                        "--out", tmp_path / "m.png", "--quiet")
     assert code == 0, err
-    assert Path(read_image_metadata(tmp_path / "m.png")["model"]).resolve() == MICRO_DIR.resolve()
+    meta = read_image_metadata(tmp_path / "m.png")
+    assert meta["model"] == "micro"                                  # the alias, not this machine's folder
+    assert "negative_prompt" not in meta                             # unset settings are left out, not "null"
 
 
 # ---- batch mode
@@ -322,3 +324,17 @@ def test_console_script(model, tmp_path):
     assert read_image_metadata(tmp_path / "c.png")["model"] == "someone/tiny-sd"
     p = sh("txt2img", "a cat", "--model", "someone/tiny-sd", "--size", "50")
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "multiples of 4" in p.stderr
+
+
+class _ClosedPipe:
+    "A stdout whose reader has gone (`diffuse-nb profile | head`): every write raises BrokenPipeError."
+    def __init__(self, f): self.f = f
+    def write(self, s): raise BrokenPipeError(32, "Broken pipe")
+    def flush(self): pass
+    def fileno(self): return self.f.fileno()
+
+
+def test_closed_pipe_ends_quietly(tmp_path, monkeypatch):
+    with open(tmp_path / "stdout", "w") as f:
+        monkeypatch.setattr(sys, "stdout", _ClosedPipe(f))
+        assert cli.main(["profile"]) == 0                  # no traceback, not a failure
