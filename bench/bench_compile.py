@@ -3,6 +3,8 @@
     nice -n 10 python bench/bench_compile.py                  # 64x64 latents (512^2), 2 threads, default variants
     python bench/bench_compile.py --size 16 --reps 2          # quick check of the script
     python bench/bench_compile.py --variants eager,btb,btb+resnet --reps 5
+    python bench/bench_compile.py --block --threads 1           # one BasicTransformerBlock (320 wide, 4096 tokens):
+                                                               #   eager vs compiled with each option
 
 Variants (comma-separated; `eager` and `packed` are the baselines the others are divided by):
     eager            our UNet as written
@@ -55,16 +57,51 @@ def install(model, saved: dict | None):
     for m, f in (saved or {}).items(): m.forward, m._compiled_region = f, True
 
 
+def bench_block(a):
+    "One SD 2.1 BasicTransformerBlock of the first level, eager vs each compile option (separate block copies)."
+    import copy
+    from diffuse_nb.unet import BasicTransformerBlock
+    from diffuse_nb.regional_compile import compile_repeated_blocks
+    torch.manual_seed(0)
+    block = BasicTransformerBlock(320, 5, 64, 1024, upcast_attention=True).eval()
+    g = torch.Generator().manual_seed(1)
+    x, ctx = torch.randn(2, a.size * a.size, 320, generator=g), torch.randn(2, 77, 1024, generator=g)
+    opts = {"eager": None, "default": {}, "static": dict(dynamic=False), "freeze": dict(options={"freezing": True}),
+            "autotune": dict(mode="max-autotune-no-cudagraphs")}
+    holder, runs, compile_s = torch.nn.ModuleList([block]), {}, {}
+    with torch.no_grad():
+        ref = block(x, ctx)
+        for name, kw in opts.items():
+            m = copy.deepcopy(holder)
+            if kw is not None: compile_repeated_blocks(m, blocks="BasicTransformerBlock", **kw)
+            t0 = time.perf_counter(); out = m[0](x, ctx); compile_s[name] = time.perf_counter() - t0
+            runs[name] = m[0]
+            print(f"{name}: first call {compile_s[name]:.1f} s, max|out - eager| {(out - ref).abs().max().item():.1e}",
+                  flush=True)
+        times = {k: [] for k in runs}
+        for r in range(a.reps):
+            for k, m in runs.items():
+                t0 = time.perf_counter(); m(x, ctx); times[k].append(time.perf_counter() - t0)
+    med = statistics.median
+    print(f"\nBasicTransformerBlock 320 wide, batch 2, {a.size * a.size} tokens, fp32, {a.threads} threads, "
+          f"{a.reps} rounds")
+    for k in runs:
+        ratio = med([p / q for p, q in zip(times[k], times["eager"])])
+        print(f"{k:10s} first call {compile_s[k]:7.1f} s  median {med(times[k]) * 1e3:8.1f} ms  /eager {ratio:.3f}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", type=int, default=64, help="latent height and width (64: 512x512 images)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--block", action="store_true", help="time one transformer block instead of the UNet")
     ap.add_argument("--variants", default="eager,packed,btb,btb+resnet,btb:static,packed+btb")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     from torch._dynamo import config as dynamo_config
     dynamo_config.recompile_limit = 64                       # several variants share the blocks' code objects
+    if a.block: return bench_block(a)
     from bench_unet import random_sd21
     from diffuse_nb.optimize import prepack_for_cpu
     from diffuse_nb.regional_compile import compile_repeated_blocks

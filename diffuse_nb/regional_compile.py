@@ -84,7 +84,7 @@ def compile_repeated_blocks(model: nn.Module, blocks: str | Sequence[str] | None
     "`torch.compile` the `forward` of each repeated block of `model`, in place; like blocks share the code."
     found = repeated_blocks(model, blocks)
     if _freezes(compile_kwargs) and _offload_hooks(model):
-        raise ValueError(f"inductor freezing bakes the weights into the compiled code, but block offloading "
+        raise ValueError(f"inductor freezing may bake the weights into the compiled code, but offloading "
                          f"({_offload_hooks(model)[:3]}) swaps them: detach the offloader or compile without "
                          f"freezing")
     for name, m in found:
