@@ -101,7 +101,7 @@ def ltx2_child(case: str) -> dict:
             t = ltx2_tokens(h, w, f)
             z = torch.randn(1, m.config.latent_channels, t["frames"], t["h"], t["w"])
             return lambda: m.decode(z, progress=False)
-        estimate, small = ltx2_vae_decode_activation_bytes(m, h, w, f, 1, f32, tiles), (64, 64, 9)
+        estimate, small = ltx2_vae_decode_activation_bytes(m, h, w, f, 1, f32, tiles, cpu=True), (64, 64, 9)
     else:
         m, (h, w, f) = Gemma3TextModel.from_config(MEDIUM_GEMMA).eval(), (2048, 0, 0)
         def inputs(n, *_):
