@@ -5,7 +5,7 @@
 # %% ../nbs/12_sd.ipynb #f7493e8a
 from __future__ import annotations
 import ctypes, dataclasses, inspect, os, time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -24,7 +24,8 @@ from .vae import AutoencoderKL
 from .memory import (MemoryProfile, PROFILE_NAMES, resolve_profile, ComponentManager,
                                sequential_cfg_forward)
 from .optimize import prepack_for_cpu
-from .sd_cpu import RELEASE_MIN_BYTES, release_mapped_weights, release_after_packing
+from .sd_cpu import (RELEASE_MIN_BYTES, release_mapped_weights, release_after_packing,
+                               reuse_freed_memory, trim_freed_memory)
 from .samplers import SCHEDULER_NAMES, scheduler_from_name, scheduler_class, load_scheduler
 from .sd_inputs import (IMAGE_MODES, SDResult, read_input_image, preprocess_image, to_pil,
                                   _check_args, _check_profile_arg, _check_seeds, _check_size, _output_paths)
@@ -504,10 +505,14 @@ def _run(task, pipe, prompts, negs, batch, generator, src, height, width, num_in
         noise = initial_latents if initial_latents is not None else initial_noise(shape, generator, dt)
         latents = noise.to(dt) * sched.init_noise_sigma
     time_ids = _sdxl_time_ids(pipe, sdxl_sizes, hw) if pipe.kind == "sdxl" else None
-    latents = _run_phase(pipe, "denoise", ("unet",), lambda: denoise(
-        pipe, latents, embeds, sched, ts, guidance_scale, time_ids, callback, progress))
-    del embeds
-    images = to_pil(_run_phase(pipe, "decode", ("vae",), lambda: decode_latents(pipe, latents, progress)))
+    with ExitStack() as keep:         # on the CPU, keep freed memory once the first UNet call has packed its weights
+        def step_done(i, n, x):
+            if i == 0 and pipe.device("unet").type == "cpu": keep.enter_context(reuse_freed_memory())
+            if callback is not None: callback(i, n, x)
+        latents = _run_phase(pipe, "denoise", ("unet",), lambda: denoise(
+            pipe, latents, embeds, sched, ts, guidance_scale, time_ids, step_done, progress))
+        del embeds; trim_freed_memory()
+        images = to_pil(_run_phase(pipe, "decode", ("vae",), lambda: decode_latents(pipe, latents, progress)))
     records = pipe.manager.records[n_rec:]
     return SDResult(images, latents.detach().cpu(), dict(scheduler=sched, records=records))
 

@@ -4,14 +4,16 @@
 
 # %% ../nbs/12b_sd_cpu.ipynb #369bafa6
 from __future__ import annotations
-import ctypes, os
+import ctypes, os, platform
+from contextlib import contextmanager
 
 import torch
 
 from .optimize import PackedConv2d
 
 # %% auto #0
-__all__ = ['RELEASE_MIN_BYTES', 'release_mapped_weights', 'release_after_packing']
+__all__ = ['RELEASE_MIN_BYTES', 'M_TRIM_THRESHOLD', 'M_MMAP_THRESHOLD', 'release_mapped_weights', 'release_after_packing',
+           'reuse_freed_memory', 'trim_freed_memory']
 
 # %% ../nbs/12b_sd_cpu.ipynb #f8d2c39c
 RELEASE_MIN_BYTES = 32 << 20
@@ -65,3 +67,33 @@ def release_after_packing(model: torch.nn.Module) -> int:
         if any(a <= lo and hi <= b for a, b in clean):
             m._mapped_range, m._release_hook = (lo, hi), m.register_forward_hook(hook); n += 1
     return n
+
+# %% ../nbs/12b_sd_cpu.ipynb #e1fe523f
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3            # mallopt's parameter numbers (glibc <malloc.h>)
+_reuse_depth = 0
+
+def _glibc():
+    "The C library, if it is glibc (mallopt and malloc_trim are glibc's); else None."
+    if platform.libc_ver()[0] != "glibc": return None
+    try: libc = ctypes.CDLL(None)
+    except (OSError, TypeError): return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
+@contextmanager
+def reuse_freed_memory(enabled: bool = True):
+    "Inside, freed tensors' memory stays in the heap for the next one (no page faults); after, it goes back."
+    global _reuse_depth
+    libc = _glibc() if enabled and _reuse_depth == 0 else None
+    if libc is None:
+        yield; return
+    libc.mallopt(M_MMAP_THRESHOLD, 1 << 30); libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
+    _reuse_depth += 1
+    try: yield
+    finally:
+        _reuse_depth -= 1
+        libc.mallopt(M_MMAP_THRESHOLD, 32 << 20); libc.mallopt(M_TRIM_THRESHOLD, 64 << 20)
+        libc.malloc_trim(0)
+
+def trim_freed_memory() -> None:
+    "Hand the free pages of the heap back to the OS now (between the phases of a generation)."
+    if _reuse_depth and (libc := _glibc()) is not None: libc.malloc_trim(0)

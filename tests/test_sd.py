@@ -358,3 +358,19 @@ def test_skip_init_restores_torch_init(tiny_sd):
     assert all(getattr(torch.nn.init, n) is f for n, f in before.items())
     sd.load_pipeline(tiny_sd[1], profile="cpu_only")
     assert all(getattr(torch.nn.init, n) is f for n, f in before.items())
+
+
+def test_reuse_freed_memory_keeps_pages_and_nests():
+    import resource
+    from diffuse_nb import sd_cpu
+    if sd_cpu._glibc() is None: pytest.skip("mallopt is glibc's")
+    def faults():
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(10): torch.ones(64 << 18)                         # 64 MiB (16,384 pages) each, freed at once
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    with sd_cpu.reuse_freed_memory():
+        with sd_cpu.reuse_freed_memory(): pass                          # an inner exit restores nothing
+        assert sd_cpu._reuse_depth == 1
+        assert faults() < 3 * 16384                                     # pages reused, not faulted in 10 times
+    assert sd_cpu._reuse_depth == 0
+    with sd_cpu.reuse_freed_memory(enabled=False): assert sd_cpu._reuse_depth == 0
