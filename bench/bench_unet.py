@@ -20,16 +20,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 THREADS = 2
 
 
-def random_sd21(seed: int = 0):
-    "Our full-size SD 2.1 UNet with seeded random weights (built on meta, then filled)."
-    from diffuse_nb.unet import UNet2DConditionModel, SD21_UNET_CONFIG
-    with torch.device("meta"): m = UNet2DConditionModel.from_config(SD21_UNET_CONFIG)
-    m.to_empty(device="cpu")
+def fill_random(meta_model, seed: int = 0):
+    "Materialise a model built on meta with seeded N(0, 0.02²) weights (norm weights N(1, 0.02²)); eval mode."
+    m = meta_model.to_empty(device="cpu")
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for n, p in m.named_parameters():
             p.normal_(1.0 if ("norm" in n and n.endswith("weight")) else 0.0, 0.02, generator=g)
     return m.eval()
+
+
+def random_sd21(seed: int = 0):
+    "Our full-size SD 2.1 UNet with seeded random weights (built on meta, then filled)."
+    from diffuse_nb.unet import UNet2DConditionModel, SD21_UNET_CONFIG
+    with torch.device("meta"): m = UNet2DConditionModel.from_config(SD21_UNET_CONFIG)
+    return fill_random(m, seed)
 
 
 def inputs(seed: int = 1):

@@ -58,16 +58,8 @@ class DiTBlocks(nn.Module):
     "`n` full-width LTX-2 DiT blocks (diffusers keys `transformer_blocks.i.…`) run one after another."
     def __init__(self, cfg, n: int):
         super().__init__()
-        from diffuse_nb.ltx2_dit_blocks import LTX2VideoTransformerBlock
-        kw = dict(dim=cfg.inner_dim, num_attention_heads=cfg.num_attention_heads,
-                  attention_head_dim=cfg.attention_head_dim, cross_attention_dim=cfg.cross_attention_dim,
-                  audio_dim=cfg.audio_inner_dim, audio_num_attention_heads=cfg.audio_num_attention_heads,
-                  audio_attention_head_dim=cfg.audio_attention_head_dim,
-                  audio_cross_attention_dim=cfg.audio_cross_attention_dim, video_gated_attn=cfg.gated_attn,
-                  video_cross_attn_adaln=cfg.cross_attn_mod, audio_gated_attn=cfg.audio_gated_attn,
-                  audio_cross_attn_adaln=cfg.audio_cross_attn_mod, rope_type=cfg.rope_type,
-                  perturbed_attn=cfg.perturbed_attn)
-        self.transformer_blocks = nn.ModuleList(LTX2VideoTransformerBlock(**kw) for _ in range(n))
+        from diffuse_nb.ltx2_dit import _block           # the model's own block builder, from its config
+        self.transformer_blocks = nn.ModuleList(_block(cfg) for _ in range(n))
 
     def forward(self, inputs: dict) -> torch.Tensor:
         x, a = inputs["hidden_states"], inputs["audio_hidden_states"]
@@ -77,13 +69,9 @@ class DiTBlocks(nn.Module):
 
 
 def random_blocks(cfg, n: int, seed: int = 0) -> DiTBlocks:
+    from bench_unet import fill_random
     with torch.device("meta"): m = DiTBlocks(cfg, n)
-    m.to_empty(device="cpu")
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            p.normal_(1.0 if ("norm" in name and name.endswith("weight")) else 0.0, 0.02, generator=g)
-    return m.eval()
+    return fill_random(m, seed)
 
 
 def dit_table(args):
