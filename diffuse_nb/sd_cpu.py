@@ -4,7 +4,7 @@
 
 # %% ../nbs/12b_sd_cpu.ipynb #369bafa6
 from __future__ import annotations
-import ctypes, os, platform
+import ctypes, functools, os, platform
 from contextlib import contextmanager
 
 import torch
@@ -72,6 +72,7 @@ def release_after_packing(model: torch.nn.Module) -> int:
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3            # mallopt's parameter numbers (glibc <malloc.h>)
 _reuse_depth = 0
 
+@functools.cache
 def _glibc():
     "The C library, if it is glibc (mallopt and malloc_trim are glibc's); else None."
     if platform.libc_ver()[0] != "glibc": return None
