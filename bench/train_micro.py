@@ -1,6 +1,7 @@
 """Train the micro model that ships in `diffuse_nb/assets/micro` (the full run of nbs/13_micro.ipynb).
 
-    nice -n 10 .venv/bin/python bench/train_micro.py --out diffuse_nb/assets/micro --overwrite
+    .venv/bin/python bench/train_micro.py --out DIR                       # the whole recipe, 2 threads
+    .venv/bin/python bench/train_micro.py --out DIR --vae-from OLD_MICRO  # keep a trained autoencoder
 
 Prints, and stores in `training_log.json`, the wall-clock and process CPU time of every stage. On a busy
 machine the wall-clock time stretches; the CPU time does not (much).
@@ -16,19 +17,22 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("diffuse_nb/assets/micro"))
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--n-images", type=int, default=20000)
     ap.add_argument("--vae-steps", type=int, default=2400)
-    ap.add_argument("--unet-steps", type=int, default=3000)
+    ap.add_argument("--unet-steps", type=int, default=3800)
     ap.add_argument("--vae-kw", type=json.loads, default=None, help='JSON, e.g. \'{"crop": 32}\'')
     ap.add_argument("--unet-kw", type=json.loads, default=None, help='JSON, e.g. \'{"batch_size": 32}\'')
+    ap.add_argument("--vae-from", type=Path, default=None,
+                    help="a micro model folder whose trained VAE is kept (stage 1 skipped, its time carried over)")
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from diffuse_nb.micro import train_micro
     cpu0, wall0 = time.process_time(), time.time()
     log = train_micro(args.out, seed=args.seed, n_images=args.n_images, vae_steps=args.vae_steps,
-                      unet_steps=args.unet_steps, vae_kw=args.vae_kw, unet_kw=args.unet_kw, overwrite=args.overwrite)
+                      unet_steps=args.unet_steps, vae_kw=args.vae_kw, unet_kw=args.unet_kw, vae_from=args.vae_from,
+                      overwrite=args.overwrite)
     cpu, wall = time.process_time() - cpu0, time.time() - wall0
     print(json.dumps(log["timing"]))
     print(f"total: {cpu / 60:.1f} CPU-minutes, {wall / 60:.1f} wall-minutes on {args.threads} thread(s); "

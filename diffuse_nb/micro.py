@@ -25,8 +25,8 @@ from .unet import UNet2DConditionModel
 from .vae import AutoencoderKL
 
 # %% auto #0
-__all__ = ['SHAPES', 'COLOURS', 'SIZES', 'POSITIONS', 'IMAGE_SIZE', 'SPLITS', 'MIN_BLOB', 'MICRO_VAE', 'MICRO_TEXT', 'MICRO_UNET',
-           'MICRO_SCHEDULER', 'PREDICTION_TYPES', 'MICRO_PATH', 'MODEL_INDEX', 'ShapeSpec', 'all_triples',
+__all__ = ['SHAPES', 'COLOURS', 'SIZES', 'POSITIONS', 'JITTER', 'IMAGE_SIZE', 'SPLITS', 'MIN_BLOB', 'MICRO_VAE', 'MICRO_TEXT',
+           'MICRO_UNET', 'MICRO_SCHEDULER', 'PREDICTION_TYPES', 'MICRO_PATH', 'MODEL_INDEX', 'ShapeSpec', 'all_triples',
            'heldout_triples', 'train_triples', 'random_spec', 'draw_shape', 'caption', 'random_caption', 'make_dataset',
            'nearest_colour', 'label_blobs', 'shape_features', 'classify_shape', 'analyse_image', 'check_image',
            'score_images', 'micro_models', 'to_unit', 'to_uint8', 'pictures', 'roundtrip', 'vae_step', 'train_vae',
@@ -37,9 +37,10 @@ __all__ = ['SHAPES', 'COLOURS', 'SIZES', 'POSITIONS', 'IMAGE_SIZE', 'SPLITS', 'M
 SHAPES = ("circle", "square", "triangle")
 COLOURS = {"black": (0, 0, 0), "white": (255, 255, 255), "red": (255, 0, 0), "green": (0, 255, 0),
            "blue": (0, 0, 255), "yellow": (255, 255, 0), "cyan": (0, 255, 255), "magenta": (255, 0, 255)}
-SIZES = {"small": (14, 20), "medium": (22, 30), "large": (32, 42)}    # side of the bounding box, pixels
+SIZES = {"small": (20, 22), "medium": (28, 30), "large": (36, 38)}    # side of the bounding box, pixels
 POSITIONS = {"top left": (0.3, 0.3), "top right": (0.7, 0.3), "center": (0.5, 0.5),
              "bottom left": (0.3, 0.7), "bottom right": (0.7, 0.7)}   # centre, as a fraction of the side
+JITTER = 1.5      # pixels: how far a centre may move from its position word
 IMAGE_SIZE = 64
 
 # %% ../nbs/13_micro.ipynb #3d7ec616
@@ -87,7 +88,7 @@ def random_spec(rng: random.Random, triples: Sequence[tuple[str, str, str]]) -> 
     size, position = rng.choice(list(SIZES)), rng.choice(list(POSITIONS))
     side = rng.uniform(*SIZES[size])
     lo, hi = side / 2 + 3, IMAGE_SIZE - side / 2 - 3
-    cx, cy = (min(max(f * IMAGE_SIZE + rng.uniform(-3, 3), lo), hi) for f in POSITIONS[position])
+    cx, cy = (min(max(f * IMAGE_SIZE + rng.uniform(-JITTER, JITTER), lo), hi) for f in POSITIONS[position])
     return ShapeSpec(shape, colour, background, size, position, cx, cy, side)
 
 def draw_shape(spec: ShapeSpec, size: int = IMAGE_SIZE, supersample: int = 4) -> Image.Image:
@@ -365,11 +366,11 @@ def ema_update(ema_params: list, params: list, decay: float):
 
 # %% ../nbs/13_micro.ipynb #f6635b38
 def train_unet(unet, text_encoder, tokenizer, latents: torch.Tensor, specs: Sequence[ShapeSpec], steps: int,
-               batch_size: int = 16, lr: float = 1e-3, p_uncond: float = 0.1, snr_gamma: float | None = 5.0,
+               batch_size: int = 32, lr: float = 1e-3, p_uncond: float = 0.1, snr_gamma: float | None = 5.0,
                ema_decay: float = 0.999, log_every: int = 25, seed: int = 0) -> tuple[dict, list[dict]]:
     "Train `unet` and `text_encoder` in place on scaled `latents` of `specs`: `(EMA copies, log)`."
     params = [p for m in (unet, text_encoder) for p in m.parameters()]
-    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.0, fused=True)
     ema = dict(unet=copy.deepcopy(unet), text_encoder=copy.deepcopy(text_encoder))
     ema_params = [p for k in ("unet", "text_encoder") for p in ema[k].parameters()]
     ac = DDIMScheduler(**MICRO_SCHEDULER).alphas_cumprod.float()
@@ -463,24 +464,38 @@ def load_micro(path: str | Path | None = None) -> dict:
                 vae=load(AutoencoderKL, "vae"),
                 scheduler=DDIMScheduler.from_pretrained(p, subfolder="scheduler"))
 
-# %% ../nbs/13_micro.ipynb #5aa0fdd4
+# %% ../nbs/13_micro.ipynb #edc27d15
 def _timed(fn, *args, **kw):
     cpu0, wall0 = time.process_time(), time.time()
     out = fn(*args, **kw)
     return out, dict(cpu_s=round(time.process_time() - cpu0, 1), wall_s=round(time.time() - wall0, 1))
 
+def _reuse_vae(vae_from: str | Path) -> tuple:
+    "The trained VAE of micro folder `vae_from`, with its training log, time, steps and settings."
+    if not (Path(vae_from) / "vae" / "config.json").is_file():
+        raise FileNotFoundError(f"vae_from={str(vae_from)!r} has no vae/config.json; pass a micro model folder")
+    vae = AutoencoderKL.from_pretrained(vae_from, subfolder="vae", dtype=torch.float32).eval()
+    src = Path(vae_from) / "training_log.json"
+    old = json.loads(src.read_text()) if src.is_file() else {}
+    return (vae, old.get("vae", []), old.get("timing", {}).get("vae", dict(cpu_s=None, wall_s=None)),
+            old.get("vae_steps"), dict(old.get("vae_kw") or {}, vae_from=str(vae_from)))
+
+# %% ../nbs/13_micro.ipynb #5aa0fdd4
 def train_micro(out_dir: str | Path, seed: int = 0, n_images: int = 20000, vae_steps: int = 2400,
-                unet_steps: int = 3000, vae_kw: dict | None = None, unet_kw: dict | None = None,
+                unet_steps: int = 3800, vae_kw: dict | None = None, unet_kw: dict | None = None,
                 n_val: int = 256, stop_at: float | None = 0.99, n_eval_seeds: int = 2,
-                overwrite: bool = False) -> dict:
-    "Draw the data, train VAE then text encoder + UNet, judge held-out prompts, save to `out_dir`. The log."
+                vae_from: str | Path | None = None, overwrite: bool = False) -> dict:
+    """Draw the data, train VAE then text encoder + UNet, judge held-out prompts, save to `out_dir`. The log.
+    `vae_from`: a micro folder whose trained VAE is kept (stage 1 skipped; its log and time carried over)."""
     if (Path(out_dir) / "model_index.json").exists() and not overwrite:
         raise FileExistsError(f"{out_dir} already holds a model; pass overwrite=True to replace it")
+    carried = _reuse_vae(vae_from) if vae_from is not None else None
     models, timing, cpu0, wall0 = micro_models(seed), {}, time.process_time(), time.time()
     (images, specs), timing["draw"] = _timed(make_dataset, n_images, seed)
     val = make_dataset(n_val, seed + 1)
-    vae_log, timing["vae"] = _timed(train_vae, models["vae"], images, vae_steps, val=val, stop_at=stop_at,
-                                    seed=seed, **(vae_kw or {}))
+    if carried is not None: models["vae"], vae_log, timing["vae"], vae_steps, vae_kw = carried
+    else: vae_log, timing["vae"] = _timed(train_vae, models["vae"], images, vae_steps, val=val, stop_at=stop_at,
+                                          seed=seed, **(vae_kw or {}))
     latents, timing["encode"] = _timed(encode_images, models["vae"], images)
     scale = set_scaling_factor(models["vae"], latents)
     (ema, unet_log), timing["unet"] = _timed(train_unet, models["unet"], models["text_encoder"],
@@ -496,5 +511,6 @@ def train_micro(out_dir: str | Path, seed: int = 0, n_images: int = 20000, vae_s
     if n_eval_seeds:
         (log["heldout"], _, _), timing["evaluate"] = _timed(evaluate, models, heldout_triples(), n_eval_seeds)
     timing["total"] = dict(cpu_s=round(time.process_time() - cpu0, 1), wall_s=round(time.time() - wall0, 1))
+    if vae_from is not None: timing["total"]["vae_carried"] = True         # the VAE's time is not in this total
     save_micro(models, out_dir, log, overwrite=overwrite)
     return log

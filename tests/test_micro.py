@@ -137,6 +137,14 @@ def test_train_micro_smoke(tmp_path):
     m = micro.load_micro(tmp_path / "m")
     assert m["vae"].config.scaling_factor == log["scaling_factor"]
     assert micro.generate(m, ["a red circle"], [0], num_inference_steps=2).shape == (1, 3, 64, 64)
+    # a second run that keeps this autoencoder: same VAE weights, its log and time carried over
+    log2 = micro.train_micro(tmp_path / "m2", n_images=16, unet_steps=1, n_val=8, n_eval_seeds=0,
+                             unet_kw=dict(batch_size=2), vae_from=tmp_path / "m")
+    m2 = micro.load_micro(tmp_path / "m2")
+    for (k, a), b in zip(m["vae"].state_dict().items(), m2["vae"].state_dict().values()): assert torch.equal(a, b), k
+    assert log2["vae"] == log["vae"] and log2["timing"]["vae"] == log["timing"]["vae"]
+    assert log2["vae_kw"]["vae_from"] == str(tmp_path / "m") and log2["timing"]["total"]["vae_carried"]
+    with pytest.raises(FileNotFoundError, match="vae_from"): micro.train_micro(tmp_path / "m3", vae_from=tmp_path)
 
 
 # ---- the shipped folder
