@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_offload.ipynb #c0ff10a2
 from __future__ import annotations
-import ctypes, gc, sys, threading, time
+import ctypes, functools, gc, platform, threading, time
 from collections import OrderedDict
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -25,10 +25,16 @@ __all__ = ['clear_vram', 'offload_to_cpu', 'load_to_gpu', 'vram_report', 'ModelO
 # %% ../nbs/11_offload.ipynb #d2551d59
 def _cuda_ready() -> bool: return torch.cuda.is_available() and torch.cuda.is_initialized()
 
+@functools.cache
+def _glibc():
+    "The C library, if it is glibc (mallopt and malloc_trim are glibc's); else None (musl, macOS, Windows)."
+    if platform.libc_ver()[0] != "glibc": return None
+    try: libc = ctypes.CDLL(None)
+    except (OSError, TypeError): return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
 def _trim_host():
-    if sys.platform != "linux": return
-    try: ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError): pass                    # not glibc (musl, ...): nothing to trim
+    if (libc := _glibc()) is not None: libc.malloc_trim(0)   # not glibc: nothing to trim
 
 def clear_vram(collect: bool = True) -> None:
     "Collect garbage (all, or the youngest generation), return free host pages, empty PyTorch's GPU cache."

@@ -4,11 +4,12 @@
 
 # %% ../nbs/12b_sd_cpu.ipynb #369bafa6
 from __future__ import annotations
-import ctypes, functools, os, platform
+import ctypes, os
 from contextlib import contextmanager
 
 import torch
 
+from .offload import _glibc      # glibc, looked up once (for malloc_trim and mallopt)
 from .optimize import PackedConv2d
 
 # %% auto #0
@@ -71,14 +72,6 @@ def release_after_packing(model: torch.nn.Module) -> int:
 # %% ../nbs/12b_sd_cpu.ipynb #e1fe523f
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3            # mallopt's parameter numbers (glibc <malloc.h>)
 _reuse_depth = 0
-
-@functools.cache
-def _glibc():
-    "The C library, if it is glibc (mallopt and malloc_trim are glibc's); else None."
-    if platform.libc_ver()[0] != "glibc": return None
-    try: libc = ctypes.CDLL(None)
-    except (OSError, TypeError): return None
-    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
 
 @contextmanager
 def reuse_freed_memory(enabled: bool = True):
