@@ -4,8 +4,8 @@
 
 # %% ../nbs/12_sd.ipynb #f7493e8a
 from __future__ import annotations
-import ctypes, dataclasses, inspect, os, time
-from contextlib import ExitStack, contextmanager
+import dataclasses, inspect, os, time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -505,12 +505,9 @@ def _run(task, pipe, prompts, negs, batch, generator, src, height, width, num_in
         noise = initial_latents if initial_latents is not None else initial_noise(shape, generator, dt)
         latents = noise.to(dt) * sched.init_noise_sigma
     time_ids = _sdxl_time_ids(pipe, sdxl_sizes, hw) if pipe.kind == "sdxl" else None
-    with ExitStack() as keep:         # on the CPU, keep freed memory once the first UNet call has packed its weights
-        def step_done(i, n, x):
-            if i == 0 and pipe.device("unet").type == "cpu": keep.enter_context(reuse_freed_memory())
-            if callback is not None: callback(i, n, x)
+    with reuse_freed_memory(pipe.device("unet").type == "cpu"):    # on the CPU: no page faults for reused memory
         latents = _run_phase(pipe, "denoise", ("unet",), lambda: denoise(
-            pipe, latents, embeds, sched, ts, guidance_scale, time_ids, step_done, progress))
+            pipe, latents, embeds, sched, ts, guidance_scale, time_ids, callback, progress))
         del embeds; trim_freed_memory()
         images = to_pil(_run_phase(pipe, "decode", ("vae",), lambda: decode_latents(pipe, latents, progress)))
     records = pipe.manager.records[n_rec:]

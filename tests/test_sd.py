@@ -383,3 +383,13 @@ print(json.dumps(dict(outside=outside, inside=inside, depth=depth, after=sd_cpu.
     assert r["depth"] == 1 and r["after"] == 0, r
     assert r["outside"] > 0 and r["inside"] < 0.5 * r["outside"], r             # pages reused, not faulted in anew
     with sd_cpu.reuse_freed_memory(enabled=False): assert sd_cpu._reuse_depth == 0
+
+
+def test_cpu_generation_keeps_freed_memory_from_the_first_step(tiny_sd):
+    from diffuse_nb import sd_cpu
+    if sd_cpu._glibc() is None: pytest.skip("mallopt is glibc's")
+    pipe, depths = sd.load_pipeline(tiny_sd[1], profile="cpu_only"), []
+    for m in (pipe.unet, pipe.vae.decoder):
+        m.register_forward_pre_hook(lambda mod, args: depths.append(sd_cpu._reuse_depth))
+    sd.txt2img("a red cube", pipe, num_inference_steps=3, height=32, width=32, seed=0, progress=False)
+    assert depths == [1, 1, 1, 1] and sd_cpu._reuse_depth == 0, depths   # 3 UNet calls and the decode; off after
