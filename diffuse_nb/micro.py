@@ -482,7 +482,7 @@ def _reuse_vae(vae_from: str | Path) -> tuple:
 
 # %% ../nbs/13_micro.ipynb #5aa0fdd4
 def train_micro(out_dir: str | Path, seed: int = 0, n_images: int = 20000, vae_steps: int = 2400,
-                unet_steps: int = 3800, vae_kw: dict | None = None, unet_kw: dict | None = None,
+                unet_steps: int = 7000, vae_kw: dict | None = None, unet_kw: dict | None = None,
                 n_val: int = 256, stop_at: float | None = 0.99, n_eval_seeds: int = 2,
                 vae_from: str | Path | None = None, overwrite: bool = False) -> dict:
     """Draw the data, train VAE then text encoder + UNet, judge held-out prompts, save to `out_dir`. The log.
