@@ -5,6 +5,8 @@
     python bench/bench_compile.py --variants eager,btb,btb+resnet --reps 5
     python bench/bench_compile.py --block --threads 1           # one BasicTransformerBlock (320 wide, 4096 tokens):
                                                                #   eager vs compiled with each option
+    python bench/bench_compile.py --profile --variants eager,btb:static   # where a forward's time goes, by kind
+                                                               #   of operator, and the most compiling can save
 
 Variants (comma-separated; `eager` and `packed` are the baselines the others are divided by):
     eager            our UNet as written
@@ -90,12 +92,47 @@ def bench_block(a):
         print(f"{k:10s} first call {compile_s[k]:7.1f} s  median {med(times[k]) * 1e3:8.1f} ms  /eager {ratio:.3f}")
 
 
+KINDS = (("convolution", ("convolution",)), ("matrix products", ("addmm", "aten::mm", "bmm", "linear_pointwise")),
+         ("attention kernel", ("scaled_dot_product", "flash_attention")))
+
+
+def kind(op: str) -> str:
+    "The kind of a profiled operator: a convolution, a matrix product, the attention kernel, or everything else."
+    return next((k for k, keys in KINDS if any(key in op for key in keys)), "element-wise, norms, copies")
+
+
+def profile_forward(run) -> dict[str, float]:
+    "Self CPU seconds of one call of `run` by kind of operator (`kind`), from torch.profiler."
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof: run()
+    out = {k: 0.0 for k, _ in KINDS} | {"element-wise, norms, copies": 0.0}
+    for e in prof.key_averages(): out[kind(e.key)] += e.self_cpu_time_total / 1e6
+    return out
+
+
+def report_profiles(profiles: dict[str, dict[str, float]], a) -> None:
+    "Print the per-kind seconds of each variant and the bound on what fusing the element-wise work can give."
+    print(f"\nSD 2.1 UNet, batch 2, {a.size}x{a.size} latents, fp32, {a.threads} threads: self CPU seconds of one "
+          f"forward by kind of operator (torch.profiler; torch {torch.__version__})")
+    print(f"{'variant':22s}" + "".join(f"{k:>30s}" for k in next(iter(profiles.values()))) + f"{'total':>9s}")
+    for v, p in profiles.items():
+        tot = sum(p.values())
+        print(f"{v:22s}" + "".join(f"{s:20.2f} s ({s / tot:5.1%})" for s in p.values()) + f"{tot:9.2f}")
+    if "eager" in profiles:
+        p = profiles["eager"]; rest = p["element-wise, norms, copies"]
+        print(f"eager: if compiling removed every element-wise, norm and copy operator and left the convolutions, "
+              f"matrix products and attention as fast as they are, compiled / eager would be "
+              f"{1 - rest / sum(p.values()):.3f}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", type=int, default=64, help="latent height and width (64: 512x512 images)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--block", action="store_true", help="time one transformer block instead of the UNet")
+    ap.add_argument("--profile", action="store_true",
+                    help="after the compile calls, profile one forward of each variant by kind of operator")
     ap.add_argument("--variants", default="eager,packed,btb,btb+resnet,btb:static,packed+btb")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -127,6 +164,13 @@ def main(argv=None):
             compiled[v] = forwards(m)
             print(f"{v}: first call (compile) {compile_s[v]:.1f} s, max|out - eager| "
                   f"{(out - ref).abs().max().item():.1e}", flush=True)
+        if a.profile:
+            profiles = {}
+            for v in variants:
+                m = model(v); install(m, compiled.get(v))
+                m(x, t, ctx)                                         # warm (caches, allocator)
+                profiles[v] = profile_forward(lambda m=m: m(x, t, ctx))
+            return report_profiles(profiles, a)
         times = {v: [] for v in variants}
         for r in range(a.reps):
             for v in variants:
